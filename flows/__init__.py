@@ -1,0 +1,1 @@
+"""Prefect flows, deployments and the `kdchain` command line over the kdchain library."""

@@ -1,0 +1,167 @@
+"""The chain as a Prefect flow: one cached task per generation, teacher first.
+
+The student of generation k is the teacher of k+1, passed as a checkpoint path. A generation's cache key is its
+resolved spec plus its teacher checkpoint's digest, and its result is persisted under the chain's workdir, so a
+re-run after a crash skips the generations that finished. (No `from __future__ import annotations` here:
+Prefect validates the flow's pydantic parameters from the real annotations.)
+"""
+
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from flows import progress
+from kdchain.chain import (ResolvedGeneration, chain_digest, check_chain, checkpoint_ok, file_digest,
+                           generation_key, train_generation)
+from kdchain.engine import Diverged
+from kdchain.models import describe
+from kdchain.specs import ChainSpec, load_spec
+from kdchain.tracking import Tracker, resolve_uri
+
+
+class GenerationResult(BaseModel):
+    """What one generation hands to the next and to the table: small values only, never a model."""
+
+    index: int
+    name: str
+    summary: str
+    run_id: str
+    checkpoint: str
+    checkpoint_digest: str
+    model_uri: str
+    metrics: dict[str, float]
+    seconds: dict[str, float] = {}
+
+
+class ChainResult(BaseModel):
+    chain_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    generations: list[GenerationResult]
+    reused: list[str]  # names of the generations taken from the cache
+    registered: str | None = None  # "name/version"
+    flow_started: float = 0.0  # time.time() when the flow body began (start-up cost = this - the caller's start)
+    seconds: float = 0.0
+
+
+def generation_dir(spec: ChainSpec, gen: ResolvedGeneration, key: str) -> Path:
+    return Path(spec.workdir) / spec.name / f"{gen.index}-{gen.name}-{key[:12]}"
+
+
+@task(name="generation", cache_key_fn=lambda ctx, params: params["cache_key"], persist_result=True,
+      task_run_name="{gen_name}")
+def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: GenerationResult | None,
+                       teacher_accuracy: float | None, cache_key: str, out_dir: str, parent_run_id: str,
+                       tracking_uri: str) -> GenerationResult:
+    """Train one generation and record it in its own MLflow run, nested under the chain run."""
+    tracker = Tracker(tracking_uri, spec.experiment_name())
+    gen = check_chain(spec)[index]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = _generation_run(tracker, spec, gen, teacher, cache_key, parent_run_id, out)
+
+    t_track = 0.0
+
+    def on_epoch(report):
+        nonlocal t_track
+        t0 = time.perf_counter()
+        tracker.log_epoch(run_id, report.epoch, {"train_loss": report.train_loss, "val_accuracy": report.val_accuracy,
+                                                 **{f"loss_{k}": v for k, v in report.parts.items()}})
+        t_track += time.perf_counter() - t0
+        progress.epoch(gen.name, report)
+
+    progress.start(gen.name, gen.train.epochs)
+    try:
+        outcome, model = train_generation(spec, index, Path(teacher.checkpoint) if teacher else None, out, on_epoch)
+    except BaseException as e:  # Ctrl-C included: the run must not stay RUNNING
+        tracker.fail_run(run_id, f"{type(e).__name__}: {e}")
+        progress.stop(gen.name)
+        raise
+    progress.stop(gen.name)
+    metrics = dict(outcome.metrics)
+    metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
+    t0 = time.perf_counter()
+    model_uri = tracker.finish_generation(run_id, metrics, model, outcome.checkpoint)
+    t_track += time.perf_counter() - t0
+    (out / "run_id").unlink(missing_ok=True)
+    return GenerationResult(index=index, name=gen.name, summary=outcome.arch_summary, run_id=run_id,
+                            checkpoint=outcome.checkpoint, checkpoint_digest=file_digest(Path(outcome.checkpoint)),
+                            model_uri=model_uri, metrics=metrics,
+                            seconds={**outcome.seconds, "tracking": t_track})
+
+
+def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, teacher: GenerationResult | None,
+                    cache_key: str, parent_run_id: str, out: Path) -> str:
+    """The MLflow run of this generation: the interrupted one when training resumes mid-way, else a new one."""
+    run_file = out / "run_id"
+    if (out / "train_state.pt").is_file() and run_file.is_file():
+        run_id = run_file.read_text().strip()
+        if tracker.reopen(run_id):
+            return run_id
+    run_id = tracker.generation_run(spec, parent_run_id, gen.index, gen.name, teacher.run_id if teacher else None,
+                                    cache_key, gen.arch, describe(gen.arch))
+    run_file.write_text(run_id)
+    return run_id
+
+
+@flow(name="distill-chain", log_prints=False)
+def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
+                  fresh: bool = False) -> ChainResult:
+    """Teacher -> A -> B -> ...: each generation a cached task run and an MLflow run under one chain run."""
+    started = time.time()
+    logger = get_run_logger()
+    spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
+    gens = check_chain(spec)
+    uri = resolve_uri(tracking_uri, spec.tracking.uri)
+    tracker = Tracker(uri, spec.experiment_name())
+    chain_run_id, resumed = tracker.chain_run(spec, chain_digest(spec), yaml.safe_dump(spec.model_dump(mode="json"),
+                                                                                         sort_keys=False),
+                                              fresh=fresh)
+    killed = tracker.end_stale_runs(chain_run_id)
+    if killed:
+        logger.info("ended %d generation run(s) a killed process left running", killed)
+    storage = (Path(spec.workdir) / "prefect-results").resolve()  # persisted task results = the cache
+
+    results: list[GenerationResult] = []
+    reused: list[str] = []
+    teacher: GenerationResult | None = None
+    try:
+        for gen in gens:
+            key = generation_key(spec, gen, teacher.checkpoint_digest if teacher else None)
+            out_dir = generation_dir(spec, gen, key)
+            # reuse only what is really there: a finished MLflow run and a checkpoint that loads
+            usable = (not fresh and tracker.finished_generation(chain_run_id, key) is not None
+                      and checkpoint_ok(out_dir / "model.pt"))
+            task_ = distill_generation.with_options(result_storage=storage, refresh_cache=not usable)
+            state = task_(spec, gen.name, gen.index, teacher, results[0].metrics["test_accuracy"] if results else None,
+                          key, str(out_dir.resolve()), chain_run_id, uri, return_state=True)
+            result = state.result()
+            if state.name == "Cached":
+                reused.append(gen.name)
+                progress.reused(gen.name, result)
+            results.append(result)
+            teacher = result
+    except BaseException as e:
+        tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, Diverged):
+            raise Diverged(f"generation {gen.name}: {e}") from None
+        raise
+
+    registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)
+    _table_artifact(spec, results, tracker)
+    tracker.finish_chain(chain_run_id, metrics={f"{r.name}.test_accuracy": r.metrics["test_accuracy"]
+                                                for r in results})
+    return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
+                       generations=results, reused=reused, registered=f"{spec.registered_name()}/{registered}",
+                       flow_started=started, seconds=time.time() - started)
+
+
+def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker) -> None:
+    rows = [{"generation": r.name, "architecture": r.summary, **{k: round(v, 4) for k, v in r.metrics.items()},
+             "mlflow_run": tracker.run_url(r.run_id)} for r in results]
+    key = "".join(c if c.isalnum() else "-" for c in spec.name.lower()) + "-generations"
+    create_table_artifact(table=rows, key=key, description=f"Generations of chain {spec.name}")

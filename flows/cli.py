@@ -1,0 +1,231 @@
+"""The `kdchain` command line: run, validate, inspect, compare, ui.
+
+A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
+shows a traceback and never writes to the store.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# before prefect is imported: quiet its INFO logs (our own progress says what happens) and its analytics
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+from rich.table import Table  # noqa: E402
+
+from flows import progress  # noqa: E402
+from kdchain.specs import SpecError, load_spec  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def _fail(lines: list[str] | str, code: int = EXIT_USAGE) -> int:
+    for line in [lines] if isinstance(lines, str) else lines:
+        print(line, file=sys.stderr)
+    return code
+
+
+def _fmt_int(v) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def generation_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    notes = any(r.get("note") for r in rows)
+    for col in ("gen", "architecture", "params", "FLOPs", "latency ms", "size", "test acc", "retention",
+                "agreement") + (("",) if notes else ()):
+        table.add_column(col, justify="left" if col in ("gen", "architecture", "") else "right")
+    for r in rows:
+        cells = [r["name"], r.get("summary", ""), _fmt_int(r["params"]), _fmt_int(r["flops"]),
+                 f"{r['latency_ms']:.3f}", _fmt_int(r["size_bytes"]) + "B", f"{r['test_accuracy']:.2%}",
+                 f"{r['retention']:.3f}", f"{r['teacher_agreement']:.2%}"]
+        table.add_row(*cells, *([r.get("note", "")] if notes else []))
+    return table
+
+
+def _load(args):
+    spec = load_spec(args.config, args.set or [])
+    from kdchain.chain import check_chain
+
+    check_chain(spec, source=str(args.config))
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args) -> int:
+    if args.schema:
+        from kdchain.specs import ChainSpec
+
+        print(json.dumps(ChainSpec.model_json_schema(), indent=2))
+        return 0
+    _load(args)
+    print("OK")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from kdchain.chain import inspect_chain
+
+    spec = _load(args)
+    rows = inspect_chain(spec, with_nodes=args.nodes)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"{spec.name}: {spec.data.kind}", title_justify="left")
+    for col in ("gen", "architecture", "params", "FLOPs", "feature maps"):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs") else "left")
+    for r in rows:
+        maps = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in r["feature_maps"].items())
+        table.add_row(r["name"], r["summary"], f"{r['params']:,}", _fmt_int(r["flops"]), maps)
+    progress.console.print(table)
+    if args.nodes:
+        for r in rows:
+            progress.console.print(f"[bold]{r['name']}[/] nodes: " + " ".join(r["nodes"]))
+    return 0
+
+
+def cmd_run(args) -> int:
+    spec = _load(args)
+    import logging
+
+    from flows.chain import distill_chain
+
+    # MLflow's INFO/WARNING chatter (registration notices, the pickle-format caution) would break the progress bars
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    from kdchain.tracking import StoreError
+
+    t0 = time.time()
+    progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
+                           + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
+    progress.enable()
+    try:
+        result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh)
+    except KeyboardInterrupt:
+        progress.disable()
+        return _fail("kdchain: interrupted; run the same command again to resume (finished generations are kept)", 130)
+    except StoreError as e:
+        progress.disable()
+        return _fail(f"kdchain: {e}")
+    finally:
+        progress.disable()
+    rows = [{"name": g.name, "summary": g.summary, **g.metrics, "note": "reused" if g.name in result.reused else ""}
+            for g in result.generations]
+    progress.console.print(generation_table(rows, f"{spec.name}: {len(rows)} generations ({time.time() - t0:.0f} s)"))
+    progress.console.print(f"MLflow store {result.tracking_uri}, experiment {spec.experiment_name()!r}, "
+                           f"chain run {result.chain_run_id}")
+    progress.console.print(f"registered models:/{spec.registered_name()}@latest "
+                           f"(version {result.registered.rsplit('/', 1)[1]}); `kdchain ui` opens the MLflow UI")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from kdchain.tracking import latest_chain_experiment, open_tracker, resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    experiment = args.experiment or latest_chain_experiment(uri)
+    if experiment is None:
+        return _fail(f"kdchain compare: no chain runs in {uri}; run `kdchain run CONFIG` first")
+    tracker = open_tracker(uri, experiment)
+    if tracker is None:
+        return _fail(f"kdchain compare: no experiment {experiment!r} in {uri}")
+    chain_run_id, rows = tracker.generation_table()
+    if args.json:
+        print(json.dumps({"experiment": experiment, "chain_run_id": chain_run_id, "generations": rows}, indent=2))
+        return 0
+    progress.console.print(generation_table(rows, f"{experiment}: chain run {chain_run_id}"))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from kdchain.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdchain", description="Chained knowledge distillation: "
+                                     "teacher -> A -> B -> C, orchestrated by Prefect, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_cmd(name, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", type=Path, help="chain YAML, e.g. configs/digits-chain.yaml")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a field, e.g. --set generations.A.train.epochs=3 (repeatable)")
+        return p
+
+    p = config_cmd("run", "train the chain")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the project store)")
+    p.add_argument("--fresh", action="store_true", help="retrain every generation instead of reusing finished ones")
+    p.set_defaults(fn=cmd_run)
+
+    p = config_cmd("validate", "check a config; prints OK or one line per problem")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of configs instead")
+    p.set_defaults(fn=cmd_validate)
+
+    p = config_cmd("inspect", "per generation, without training: architecture, params, FLOPs, feature maps")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--nodes", action="store_true", help="list the tappable node names of each generation")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("compare", help="the generation table of the latest chain run, read back from MLflow")
+    p.add_argument("--experiment", help="MLflow experiment (default: that of the latest chain run)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(fn=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "validate" and "--schema" in argv and not any(a.endswith((".yaml", ".yml")) for a in argv):
+        argv = [*argv, "-"]  # `kdchain validate --schema` needs no config
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as e:
+        return _fail(e.lines)
+    except Exception as e:  # known user-facing errors carry their own message
+        from kdchain.chain import CheckpointError
+        from kdchain.engine import Diverged
+        from kdchain.tracking import StoreError
+
+        if isinstance(e, (CheckpointError, StoreError)):
+            return _fail(f"kdchain: {e}")
+        if isinstance(e, Diverged):
+            return _fail(f"kdchain: training diverged: {e}", 1)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""One generation of a chain, as a library call: resolve its spec, train it, measure it, checkpoint it.
+
+Orchestration (flows/) calls `train_generation` once per generation and passes checkpoint paths between them;
+tracking (kdchain.tracking) records what it returns. Nothing here imports prefect or mlflow.
+"""
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import TypeAdapter
+from torch import nn
+
+from kdchain.data import input_info, load_data
+from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict
+from kdchain.losses import DistillLoss
+from kdchain.models import build_model, count_params, default_tap, describe, resolve_student
+from kdchain.profile import count_flops, profile
+from kdchain.specs import Arch, CeLoss, ChainSpec, FeatureLoss, SpecError, TrainSpec, canonical_json, spec_hash
+from kdchain.taps import check_node, feature_shapes, tappable_nodes
+
+ARCH = TypeAdapter(Arch)
+
+
+@dataclass
+class ResolvedGeneration:
+    """A generation with everything implicit made explicit: the architecture, the loss nodes."""
+
+    index: int  # 0 = teacher
+    name: str
+    arch: object  # an Arch spec
+    distill: list  # loss specs, feature nodes filled in
+    train: TrainSpec
+
+    def as_json(self) -> dict:
+        return {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
+                "distill": [t.model_dump(mode="json") for t in self.distill],
+                "train": self.train.model_dump(mode="json")}
+
+
+def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
+    """Teacher first; each student derived from (or written next to) the architecture before it."""
+    gens = [ResolvedGeneration(0, "teacher", spec.teacher.model, [CeLoss(weight=1.0)], spec.teacher.train)]
+    for i, g in enumerate(spec.generations, start=1):
+        teacher_arch = gens[-1].arch
+        arch = resolve_student(g.student, teacher_arch)
+        distill = [
+            t.model_copy(update={"teacher_node": t.teacher_node or default_tap(teacher_arch),
+                                 "student_node": t.student_node or default_tap(arch)})
+            if isinstance(t, FeatureLoss) else t
+            for t in g.distill
+        ]
+        gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train))
+    return gens
+
+
+def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGeneration]:
+    """Everything that needs the models built: feature node names. Raises SpecError naming each bad field."""
+    try:
+        gens = resolve_chain(spec)
+    except SpecError as e:
+        raise SpecError([f"{source}: {line}" for line in e.lines]) from None
+    input_shape, num_classes = input_info(spec.data)
+    models = [build_model(g.arch, num_classes, input_shape[0]) for g in gens]
+    problems = []
+    for g in gens[1:]:
+        for j, term in enumerate(g.distill):
+            if not isinstance(term, FeatureLoss):
+                continue
+            for side, model, owner in (("teacher", models[g.index - 1], gens[g.index - 1].name),
+                                       ("student", models[g.index], g.name)):
+                node = getattr(term, f"{side}_node")
+                if not check_node(model, node):
+                    some = ", ".join(tappable_nodes(model)[:6])
+                    problems.append(f"{source}: generations.{g.index - 1}.distill.{j}.{side}_node: {node!r} is not "
+                                    f"a node of {owner}'s model (e.g. {some}; `kdchain inspect --nodes` lists all)")
+    if problems:
+        raise SpecError(problems)
+    return gens
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generation_key(spec: ChainSpec, gen: ResolvedGeneration, teacher_digest: str | None) -> str:
+    """What a generation's result depends on: its resolved spec, the data, the seed, its teacher's weights."""
+    return spec_hash({"generation": gen.as_json(), "data": spec.data.model_dump(mode="json"), "seed": spec.seed,
+                      "teacher": teacher_digest})
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model: nn.Module, arch, input_shape, num_classes: int) -> None:
+    atomic_save({"arch": canonical_json(arch), "input_shape": list(input_shape), "num_classes": num_classes,
+                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
+    """(model in eval mode, its Arch, the raw checkpoint); read with weights_only=True, never unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        arch = ARCH.validate_json(ckpt["arch"])
+        model = build_model(arch, ckpt["num_classes"], ckpt["input_shape"][0])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # truncated file, foreign pickle, missing keys, shape mismatch
+        raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "delete it to retrain that generation") from None
+    return model.eval(), arch, ckpt
+
+
+def checkpoint_ok(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- one generation
+
+
+@dataclass
+class GenerationOutcome:
+    index: int
+    name: str
+    arch_summary: str
+    checkpoint: str
+    metrics: dict[str, float]  # test_accuracy, val_accuracy, params, flops, latency_ms, size_bytes, teacher_agreement
+    history: list[EpochReport] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile
+
+
+def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
+    shapes = {}
+    for i, term in enumerate(gen.distill):
+        if isinstance(term, FeatureLoss):
+            s = feature_shapes(student, [term.student_node], input_shape)[term.student_node]
+            t = feature_shapes(teacher, [term.teacher_node], input_shape)[term.teacher_node]
+            shapes[i] = (s, t)
+    return DistillLoss(gen.distill, shapes)
+
+
+def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
+                     on_epoch: Callable[[EpochReport], None] | None = None) -> tuple[GenerationOutcome, nn.Module]:
+    """Train generation `index` (0 = teacher) and write `out_dir/model.pt`; returns its outcome and model."""
+    gen = resolve_chain(spec)[index]
+    device = pick_device(spec.device)
+    data = load_data(spec.data, spec.seed)
+    input_shape = data.input_shape
+    torch.manual_seed(spec.seed + index)
+    student = build_model(gen.arch, data.num_classes, input_shape[0])
+
+    teacher = None
+    if index > 0:
+        if teacher_checkpoint is None:
+            raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
+        teacher, _, _ = load_checkpoint(teacher_checkpoint)
+    loss = build_loss(gen, student, teacher, input_shape)
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
+                 device=device, state_path=out_dir / "train_state.pt")
+    t1 = time.perf_counter()
+    student.eval()
+    test = data.test.to(device)
+    test_pred = predict(student, test.x).argmax(1)
+    metrics = {"test_accuracy": (test_pred == test.y).float().mean().item(),
+               "val_accuracy": evaluate(student, data.val.to(device))}
+    if teacher is not None:
+        teacher_pred = predict(teacher.to(device), test.x).argmax(1)
+        metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
+    else:
+        metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
+    t2 = time.perf_counter()
+    metrics.update({k: float(v) for k, v in profile(student, input_shape).as_dict().items()})
+    t3 = time.perf_counter()
+    checkpoint = out_dir / "model.pt"
+    save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
+    (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
+    outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
+                                result.resumed_from_epoch,
+                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2})
+    return outcome, student.cpu()
+
+
+def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
+    """Per generation, without training: the architecture, params, FLOPs, the shapes of the tapped maps."""
+    gens = resolve_chain(spec)
+    input_shape, num_classes = input_info(spec.data)
+    rows = []
+    for g in gens:
+        model = build_model(g.arch, num_classes, input_shape[0]).eval()
+        # the default tap, and every node a feature loss reads from this model as student or as teacher
+        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if isinstance(t, FeatureLoss)}
+        if g.index + 1 < len(gens):
+            taps |= {t.teacher_node for t in gens[g.index + 1].distill if isinstance(t, FeatureLoss)}
+        row = {"index": g.index, "name": g.name, "summary": describe(g.arch), "arch": g.arch.model_dump(mode="json"),
+               "params": count_params(model), "flops": count_flops(model, input_shape),
+               "feature_maps": {n: list(s) for n, s in feature_shapes(model, sorted(taps), input_shape).items()},
+               "distill": [t.model_dump(mode="json") for t in g.distill]}
+        if with_nodes:
+            row["nodes"] = tappable_nodes(model)
+        rows.append(row)
+    return rows
+
+
+def chain_digest(spec: ChainSpec) -> str:
+    return spec_hash(json.loads(canonical_json(spec)) | {"tracking": None})

@@ -1,0 +1,122 @@
+"""Data sets as in-memory tensors: a registry keyed by the spec's `kind`, and batching by a seeded permutation.
+
+Small data sets are held as one float tensor per split (N, C, H, W) and sliced by index: a DataLoader over
+in-memory tensors is several times slower and buys nothing here.
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import TypeAdapter
+
+from kdchain.specs import DataSpec, DigitsData, canonical_json
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32, normalised
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # (C, H, W)
+
+    def to(self, device) -> "DataBundle":
+        return DataBundle(self.train.to(device), self.val.to(device), self.test.to(device),
+                          self.num_classes, self.class_names)
+
+
+LOADERS: dict[str, Callable[[DataSpec, int], DataBundle]] = {}
+SHAPES: dict[str, Callable[[DataSpec], tuple[tuple[int, int, int], int]]] = {}
+
+
+def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]]):
+    """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`."""
+    def wrap(fn):
+        LOADERS[kind] = fn
+        SHAPES[kind] = shape
+        return fn
+    return wrap
+
+
+def input_info(spec: DataSpec) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), num_classes) of the data set a spec names."""
+    return SHAPES[spec.kind](spec)
+
+
+def load_data(spec: DataSpec, seed: int) -> DataBundle:
+    """The data set a spec names, split with `seed`; memoised per process (a chain loads it once)."""
+    return _load_cached(canonical_json(spec), seed)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(spec_json: str, seed: int) -> DataBundle:
+    parsed = TypeAdapter(DataSpec).validate_json(spec_json)
+    return LOADERS[parsed.kind](parsed, seed)
+
+
+def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train/val/test, each class spread evenly, the same for the same seed."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    rest, test_idx = train_test_split(idx, test_size=test, stratify=y, random_state=seed)
+    train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), stratify=y[rest], random_state=seed)
+    return train_idx, val_idx, test_idx
+
+
+def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    # per-channel mean/std of the training split only, so val/test see nothing of themselves
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return [(t - mean) / std for t in (train, *others)]
+
+
+@register("digits", shape=lambda spec: ((1, spec.image_size, spec.image_size), 10))
+def load_digits(spec: DigitsData, seed: int) -> DataBundle:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    if spec.image_size != 8:
+        x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="bilinear", align_corners=False)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    tr, va, te = stratified_split(bunch.target, spec.split.val, spec.split.test, seed)
+    xtr, xva, xte = normalise(x[tr], x[va], x[te])
+    return DataBundle(Split(xtr, y[tr]), Split(xva, y[va]), Split(xte, y[te]),
+                      num_classes=10, class_names=[str(d) for d in range(10)])
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
+            shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches sliced from the split's tensors; order from a seeded permutation when shuffling."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator, device="cpu") if shuffle else None
+    if order is not None and split.x.device.type != "cpu":
+        order = order.to(split.x.device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield split.x[idx], split.y[idx]

@@ -1,0 +1,62 @@
+"""What a model costs: parameters, FLOPs, CPU latency at batch 1, serialized size."""
+
+import copy
+import io
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class Profile:
+    params: int
+    flops: int  # per image, forward pass; a multiply-add counts as 2
+    latency_ms: float  # median CPU wall time of one forward at batch 1
+    size_bytes: int  # bytes of the saved state_dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops())
+
+
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], runs: int = 30, warmup: int = 5,
+               threads: int = 1) -> float:
+    """Median of `runs` timed forwards at batch 1 after `warmup`, on `threads` CPU threads (a deployment box)."""
+    x = torch.randn(1, *input_shape)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old_threads)
+    return statistics.median(times) * 1000
+
+
+def size_bytes(model: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
+    """Measured on a CPU copy in eval mode; the model passed in is left as it was."""
+    cpu = copy.deepcopy(model).cpu().eval()
+    return Profile(params=sum(p.numel() for p in cpu.parameters()), flops=count_flops(cpu, input_shape),
+                   latency_ms=latency_ms(cpu, input_shape), size_bytes=size_bytes(cpu))

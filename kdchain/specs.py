@@ -1,0 +1,317 @@
+"""The typed spec of a chain: every setting, its default and what it means.
+
+A chain is a teacher followed by generations A, B, C, ...; generation k is distilled from generation k-1.
+YAML in, pydantic models out; `load_spec` turns any mistake into `SpecError` whose lines each name the file,
+the dotted field path and what is expected.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+
+class SpecError(Exception):
+    """A config that cannot be used; `lines` holds one readable sentence per problem."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------- architectures
+
+
+class CnnArch(Strict):
+    """VGG-style CNN: stages of conv-BN-ReLU blocks, a pool after each stage, global average pool, linear head."""
+
+    kind: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        description="output channels of each stage, e.g. [32, 64, 128]", min_length=1
+    )
+    convs_per_stage: list[Annotated[int, Field(ge=1)]] | Annotated[int, Field(ge=1)] = Field(
+        1, description="conv-BN-ReLU blocks in each stage: one number for all stages or one per stage"
+    )
+    kernel_size: Literal[1, 3, 5, 7] = Field(3, description="kernel size of every conv")
+    pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling after each stage except the last")
+    batch_norm: bool = Field(True, description="BatchNorm after each conv")
+    hidden: int = Field(0, ge=0, description="width of a hidden layer in the classifier; 0 = linear head")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+
+    @model_validator(mode="after")
+    def _convs_match_stages(self):
+        if isinstance(self.convs_per_stage, list) and len(self.convs_per_stage) != len(self.channels):
+            raise ValueError(
+                f"convs_per_stage has {len(self.convs_per_stage)} entries but channels has {len(self.channels)} stages"
+            )
+        return self
+
+    def convs(self) -> list[int]:
+        if isinstance(self.convs_per_stage, int):
+            return [self.convs_per_stage] * len(self.channels)
+        return list(self.convs_per_stage)
+
+
+Arch = Annotated[Union[CnnArch], Field(discriminator="kind")]
+
+
+class Derive(Strict):
+    width: float = Field(0.5, gt=0.0, le=4.0, description="multiplier on every stage's channels")
+    depth: float = Field(1.0, gt=0.0, le=4.0, description="multiplier on the blocks per stage (at least 1 each)")
+
+
+class DeriveStudent(Strict):
+    """A student written as 'the teacher's family, scaled': `student: {derive: {width: 0.5}}`."""
+
+    derive: Derive
+
+
+def _student_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "derive" if "derive" in value else value.get("kind")
+    return "derive" if isinstance(value, DeriveStudent) else getattr(value, "kind", None)
+
+
+StudentSpec = Annotated[
+    Union[Annotated[CnnArch, Tag("cnn")], Annotated[DeriveStudent, Tag("derive")]],
+    Discriminator(_student_tag, custom_error_type="student_kind",
+                  custom_error_message="expected an architecture with kind: cnn, or {derive: {width, depth}}"),
+]
+
+
+# ---------------------------------------------------------------------------------------------- losses
+
+
+class CeLoss(Strict):
+    """Cross-entropy on the labels."""
+
+    kind: Literal["ce"] = "ce"
+    weight: float = Field(1.0, ge=0.0, description="weight of this term in the generation's loss")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy")
+
+
+class KdLoss(Strict):
+    """Hinton et al. 2015: KL(softmax(t/T) || softmax(s/T)) * T^2."""
+
+    kind: Literal["kd"] = "kd"
+    weight: float = Field(1.0, ge=0.0, description="weight of this term in the generation's loss")
+    temperature: float = Field(4.0, gt=0.0, description="softmax temperature T")
+
+
+class FeatureLoss(Strict):
+    """MSE between a teacher feature map and a student feature map (1x1-conv adapter and resize when they differ)."""
+
+    kind: Literal["feature"] = "feature"
+    weight: float = Field(1.0, ge=0.0, description="weight of this term in the generation's loss")
+    teacher_node: str | None = Field(None, description="tapped node of the teacher; default: its last feature map")
+    student_node: str | None = Field(None, description="tapped node of the student; default: its last feature map")
+
+
+Loss = Annotated[Union[CeLoss, KdLoss, FeatureLoss], Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="optimizer")
+    lr: float = Field(3e-3, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(5e-4, ge=0.0, description="weight decay")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum (sgd only)")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    schedule: Literal["cosine", "constant", "onecycle"] = Field("cosine", description="learning-rate schedule")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+def _default_distill() -> list:
+    return [KdLoss(weight=0.7, temperature=4.0), CeLoss(weight=0.3)]
+
+
+class TeacherSpec(Strict):
+    model: Arch = Field(description="the teacher's architecture")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how the teacher is trained (cross-entropy)")
+
+
+class GenerationSpec(Strict):
+    name: str = Field(description="short name shown everywhere, e.g. A", pattern=r"^[A-Za-z0-9_.-]+$")
+    student: StudentSpec = Field(description="the student's architecture, or {derive: {...}} from its teacher")
+    distill: list[Loss] = Field(default_factory=_default_distill, min_length=1,
+                                description="the loss terms, summed with their weights")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how this student is trained")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class SplitFractions(Strict):
+    val: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for validation")
+    test: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for test")
+
+
+class DigitsData(Strict):
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes."""
+
+    kind: Literal["digits"] = "digits"
+    image_size: int = Field(8, ge=8, le=64, description="images are upscaled (bilinear) to this size")
+    split: SplitFractions = Field(default_factory=SplitFractions, description="stratified, seeded split")
+
+
+DataSpec = Annotated[Union[DigitsData], Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------------------- chain
+
+
+class TrackingSpec(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the chain's name")
+    register_as: str | None = Field(None, description="registered model of the last generation; default <name>-student")
+
+
+class ChainSpec(Strict):
+    name: str = Field(description="the chain's name: MLflow experiment and model names derive from it",
+                      pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0, description="seed of the data split, initialisation and batch order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs")
+    workdir: str = Field("mlruns/kdchain", description="checkpoints and cached results (a path every worker reaches)")
+    data: DataSpec = Field(description="the data set")
+    teacher: TeacherSpec = Field(description="generation 0, trained from scratch on labels")
+    generations: list[GenerationSpec] = Field(min_length=1, description="students, each distilled from the one before")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where MLflow records the chain")
+
+    @field_validator("generations")
+    @classmethod
+    def _unique_names(cls, gens: list[GenerationSpec]):
+        names = [g.name for g in gens]
+        dupes = sorted({n for n in names if names.count(n) > 1 or n == "teacher"})
+        if dupes:
+            raise ValueError(f"generation names must be unique and not 'teacher': {', '.join(dupes)}")
+        return gens
+
+    def generation_names(self) -> list[str]:
+        return ["teacher"] + [g.name for g in self.generations]
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def registered_name(self) -> str:
+        return self.tracking.register_as or f"{self.name}-student"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple) -> str:
+    # pydantic puts union tags ("cnn", "function-after[...]") into loc; keep the field path only
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(str(p))
+        elif isinstance(p, str) and not any(c in p for c in "[]()") and p not in ("cnn", "derive", "ce", "kd", "feature", "digits"):
+            parts.append(p)
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(err: ValidationError, source: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        path = _format_loc(e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `kdchain validate --schema` lists the keys)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], (dict, list)):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: {path}: {msg}")
+    return list(dict.fromkeys(lines))
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `--set dotted.key=value` to the raw config dict; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise SpecError([f"--set {assignment}: expected dotted.key=value"])
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            # list items by index, or generations by name: generations.B.train.epochs
+            idx = next((i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part), None)
+            if idx is None and part.lstrip("-").isdigit():
+                idx = int(part)
+            if idx is None or not -len(node) <= idx < len(node):
+                raise SpecError([f"--set {key}: {where} is not an item of a list of {len(node)}"])
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise SpecError([f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section"])
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> ChainSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"{path}: no such config file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError([f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: expected a mapping of chain settings at the top level"])
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return spec_from_dict(data, str(path))
+
+
+def spec_from_dict(data: dict, source: str = "config") -> ChainSpec:
+    try:
+        return ChainSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def canonical_json(obj: Any) -> str:
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(obj: Any) -> str:
+    """Stable hash of a spec (or any JSON-able value): keys caches, checkpoints and MLflow tags."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """{'teacher.model.channels': '[32, 64]', ...}: the spec as MLflow params."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = json.dumps(obj) if isinstance(obj, list) else str(obj)
+    return out

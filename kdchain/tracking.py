@@ -1,0 +1,257 @@
+"""MLflow: the only module that imports it.
+
+Layout: one experiment per chain name; one parent run per chain (tag kdchain.kind=chain) and one nested run per
+generation, the teacher included (kdchain.kind=generation, kdchain.generation = 0-based index). Runs are
+addressed by id through MlflowClient, never through the thread-local active run, so that a task running in a
+worker thread or process logs to the right place.
+"""
+
+import contextlib
+import fcntl
+import io
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import torch
+import torchvision
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+import kdchain
+from kdchain.specs import ChainSpec, flatten
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
+TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
+FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
+              "teacher_agreement"]
+
+
+def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
+    """--tracking-uri, then the spec's tracking.uri, then MLFLOW_TRACKING_URI, then the project's store."""
+    return cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what to change."""
+
+
+def _pip_requirements() -> list[str]:
+    # explicit, so that log_model does not spend seconds inferring them
+    base = lambda v: v.split("+")[0]  # noqa: E731 - drop local build tags such as +cpu
+    return [f"torch=={base(torch.__version__)}", f"torchvision=={base(torchvision.__version__)}"]
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, experiment_id: str | None = None):
+        self.uri = uri
+        db = sqlite_path(uri)
+        if db is not None and experiment_id is None:
+            self._prepare_sqlite(db)
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        self.experiment_id = experiment_id or self._experiment(experiment, db)
+
+    @staticmethod
+    def _prepare_sqlite(db: Path) -> None:
+        """Create the store once, under a file lock: two processes racing to migrate a fresh DB collide."""
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = db.parent / ".kdchain-store.lock"
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
+        except OSError as e:
+            raise StoreError(f"cannot write the MLflow store at {db.parent} ({e.strerror}); "
+                             "free space there or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere") from None
+
+    def _experiment(self, name: str, db: Path | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # a local store keeps its artifacts beside the database
+        location = (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
+        try:
+            exp_id = self.client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            exp_id = self.client.get_experiment_by_name(name).experiment_id
+        # the MLflow 3 UI then opens the experiment as model training, not GenAI
+        self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+        return exp_id
+
+    # ------------------------------------------------------------------------------------------ chain run
+
+    def chain_run(self, spec: ChainSpec, digest: str, spec_yaml: str, fresh: bool = False) -> tuple[str, bool]:
+        """(run id, resumed): the chain run of this exact spec if one exists (unless `fresh`), else a new one."""
+        runs = [] if fresh else self.client.search_runs(
+            [self.experiment_id], f"tags.`{KIND}` = 'chain' and tags.`{CHAIN_DIGEST}` = '{digest}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id, True
+        name = f"{spec.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={KIND: "chain", CHAIN_DIGEST: digest, "kdchain.chain": spec.name,
+                                           "mlflow.note.content": f"kdchain chain {spec.name}: teacher → "
+                                           + " → ".join(g.name for g in spec.generations)})
+        run_id = run.info.run_id
+        params = [Param(k, v[:6000]) for k, v in flatten(spec).items()]
+        for chunk in _chunks(params, 100):
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+        self.client.log_text(run_id, spec_yaml, "spec.yaml")
+        return run_id, False
+
+    def end_stale_runs(self, parent_id: str) -> int:
+        """Generation runs a killed process left RUNNING are ended as KILLED; returns how many."""
+        stale = self.client.search_runs([self.experiment_id],
+                                        f"tags.`{PARENT}` = '{parent_id}' and attributes.status = 'RUNNING'")
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(stale)
+
+    def reopen(self, run_id: str) -> bool:
+        """Continue an interrupted generation run; False when it is gone or already finished."""
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
+    def finished_generation(self, parent_id: str, cache_key: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id],
+                                       f"tags.`{PARENT}` = '{parent_id}' and tags.`{CACHE_KEY}` = '{cache_key}' "
+                                       "and attributes.status = 'FINISHED'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
+        if metrics:
+            ts = _now_ms()
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                                  synchronous=True)
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------------------------------------ generation runs
+
+    def generation_run(self, spec: ChainSpec, parent_id: str, index: int, name: str, teacher_run_id: str | None,
+                       cache_key: str, arch, summary: str) -> str:
+        tags = {KIND: "generation", GENERATION: str(index), GENERATION_NAME: name, PARENT: parent_id,
+                CACHE_KEY: cache_key, "mlflow.note.content": summary}
+        if teacher_run_id:
+            tags[TEACHER_RUN] = teacher_run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{spec.name} · {name}", tags=tags)
+        params = [Param(k, v[:6000]) for k, v in flatten(arch, "student.").items()]
+        self.client.log_batch(run.info.run_id, params=params, synchronous=True)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, epoch: int, values: dict[str, float]) -> None:
+        """One call per epoch, queued asynchronously: training does not wait for the store."""
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in values.items()],
+                              synchronous=False)
+
+    def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
+                          checkpoint: str) -> str:
+        """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
+        mlflow.flush_async_logging()
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                              synchronous=True)
+        with mlflow.start_run(run_id=run_id, nested=True) as _:
+            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                            pip_requirements=_pip_requirements(),
+                                            code_paths=[str(Path(kdchain.__file__).parent)])
+            mlflow.log_artifact(checkpoint, "checkpoint")
+        self.client.set_terminated(run_id, status="FINISHED")
+        return info.model_uri
+
+    def fail_run(self, run_id: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            mlflow.flush_async_logging()
+            self.client.set_tag(run_id, "kdchain.error", message[:5000])
+            self.client.set_terminated(run_id, status="FAILED")
+
+    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str) -> str:
+        """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
+        (MLflow reserves the alias `latest` for exactly that)."""
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if existing:
+                return max(existing, key=lambda v: int(v.version)).version
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
+            version = mlflow.register_model(model_uri, name, tags={"kdchain.chain_run_id": chain_run_id})
+        return version.version
+
+    # ------------------------------------------------------------------------------------------ reading back
+
+    def chain_runs(self) -> list:
+        return self.client.search_runs([self.experiment_id], f"tags.`{KIND}` = 'chain'",
+                                       order_by=["attributes.start_time DESC"])
+
+    def generation_table(self, chain_run_id: str | None = None) -> tuple[str | None, list[dict]]:
+        """(chain run id, one row per finished generation in order) of the given or the latest chain run."""
+        if chain_run_id is None:
+            runs = self.chain_runs()
+            if not runs:
+                return None, []
+            chain_run_id = runs[0].info.run_id
+        children = self.client.search_runs([self.experiment_id],
+                                           f"tags.`{PARENT}` = '{chain_run_id}' and attributes.status = 'FINISHED'",
+                                           order_by=["attributes.start_time DESC"])
+        rows = {}
+        for run in children:
+            index = int(run.data.tags.get(GENERATION, -1))
+            if index < 0 or index in rows:
+                continue
+            rows[index] = {"generation": index, "name": run.data.tags.get(GENERATION_NAME),
+                           "run_id": run.info.run_id, "summary": run.data.tags.get("mlflow.note.content", ""),
+                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
+        return chain_run_id, [rows[i] for i in sorted(rows)]
+
+    def run_url(self, run_id: str, host: str = "http://127.0.0.1:5000") -> str:
+        return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+def _store_exists(uri: str) -> bool:
+    db = sqlite_path(uri)
+    return db is None or db.is_file()
+
+
+def open_tracker(uri: str, experiment: str) -> Tracker | None:
+    """A tracker on an existing experiment, or None; creates nothing."""
+    if not _store_exists(uri):
+        return None
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    return Tracker(uri, experiment, experiment_id=exp.experiment_id) if exp else None
+
+
+def latest_chain_experiment(uri: str) -> str | None:
+    """The experiment of the most recent kdchain chain run in the store."""
+    if not _store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, f"tags.`{KIND}` = 'chain'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    return client.get_experiment(runs[0].info.experiment_id).name if runs else None
