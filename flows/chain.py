@@ -85,7 +85,9 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()
-    model_uri = tracker.finish_generation(run_id, metrics, model, outcome.checkpoint)
+    # val_accuracy of the last epoch is already in the run's history at step=epochs; log it once
+    final = {k: v for k, v in metrics.items() if not (k == "val_accuracy" and outcome.history)}
+    model_uri = tracker.finish_generation(run_id, final, model, outcome.checkpoint, step=gen.train.epochs)
     t_track += time.perf_counter() - t0
     (out / "run_id").unlink(missing_ok=True)
     return GenerationResult(index=index, name=gen.name, summary=outcome.arch_summary, run_id=run_id,

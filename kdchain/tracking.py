@@ -172,11 +172,11 @@ class Tracker:
                               synchronous=False)
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
-                          checkpoint: str) -> str:
+                          checkpoint: str, step: int = 0) -> str:
         """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
         mlflow.flush_async_logging()
         ts = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
                               synchronous=True)
         with mlflow.start_run(run_id=run_id, nested=True) as _:
             info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",

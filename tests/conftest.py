@@ -20,7 +20,7 @@ def tiny_chain(tmp_path: Path, name: str = "tiny", epochs: int = 1, **overrides)
         "seed": 0,
         "workdir": str(tmp_path / "work"),
         "data": {"kind": "digits", "image_size": 8},
-        "teacher": {"model": {"kind": "cnn", "channels": [16, 32]}, "train": {"epochs": epochs}},
+        "teacher": {"model": {"kind": "cnn", "channels": [16, 32]}, "train": {"epochs": epochs, "lr": 0.01}},
         "generations": [
             {"name": n, "student": {"derive": {"width": 0.5}}, "train": {"epochs": epochs}} for n in "ABC"
         ],

@@ -1,0 +1,107 @@
+"""The chain flow end to end on a 1-epoch config: MLflow layout, registry, resume, the CLI's table."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+import flows.chain as chain_flow
+from flows.chain import distill_chain
+from flows.cli import main
+from kdchain.data import load_data
+from kdchain.specs import load_spec
+from kdchain.tracking import FINAL_KEYS
+from tests.conftest import tiny_chain, write_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def runs_of(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, exp, client.search_runs([exp.experiment_id])
+
+
+def test_chain_records_every_generation_and_registers_the_last(tmp_path, capsys):
+    path = write_config(tmp_path, tiny_chain(tmp_path, name="layout"))
+    uri = load_spec(path).tracking.uri
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "layout: 4 generations" in out and "models:/layout-student@latest" in out
+
+    client, exp, runs = runs_of(uri, "layout")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    chains = [r for r in runs if r.data.tags["kdchain.kind"] == "chain"]
+    gens = sorted((r for r in runs if r.data.tags["kdchain.kind"] == "generation"),
+                  key=lambda r: int(r.data.tags["kdchain.generation"]))
+    assert len(chains) == 1 and len(gens) == 4
+    chain = chains[0]
+    assert chain.info.status == "FINISHED" and chain.data.params["teacher.model.channels"] == "[16, 32]"
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(chain.info.run_id)]
+    assert [r.data.tags["kdchain.generation_name"] for r in gens] == ["teacher", "A", "B", "C"]
+    for i, run in enumerate(gens):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == chain.info.run_id
+        assert run.info.run_name == f"layout · {run.data.tags['kdchain.generation_name']}"
+        assert set(FINAL_KEYS) <= set(run.data.metrics)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+        if i:
+            assert run.data.tags["kdchain.teacher_run_id"] == gens[i - 1].info.run_id
+            assert run.data.metrics["params"] < gens[i - 1].data.metrics["params"]
+    assert gens[0].data.metrics["test_accuracy"] > 0.2  # well above chance (0.1) after a single epoch
+
+    # compare reads the same table back
+    assert main(["compare", "--tracking-uri", uri, "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in table["generations"]] == ["teacher", "A", "B", "C"]
+    assert all(set(FINAL_KEYS) <= set(g) for g in table["generations"])
+
+    # the registered model loads as a module and predicts what was reported
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model("models:/layout-student@latest")
+    data = load_data(load_spec(path).data, 0)
+    acc = (model.eval()(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    assert acc == pytest.approx(gens[-1].data.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_rerun_reuses_every_finished_generation(tmp_path):
+    spec = load_spec(write_config(tmp_path, tiny_chain(tmp_path, name="again")))
+    first = distill_chain(spec)
+    assert first.reused == []
+    second = distill_chain(spec)
+    assert second.reused == ["teacher", "A", "B", "C"]
+    assert [g.run_id for g in second.generations] == [g.run_id for g in first.generations]
+    assert second.registered == first.registered  # no new model version for the same model
+    _, _, runs = runs_of(spec.tracking.uri, "again")
+    assert len(runs) == 5
+
+
+def test_a_chain_that_died_in_B_resumes_without_retraining_teacher_and_A(tmp_path, monkeypatch, capsys):
+    spec = load_spec(write_config(tmp_path, tiny_chain(tmp_path, name="crash")))
+    real = chain_flow.train_generation
+
+    def dies_in_b(spec_, index, *args, **kwargs):
+        if index == 2:
+            raise RuntimeError("power cut")
+        return real(spec_, index, *args, **kwargs)
+
+    monkeypatch.setattr(chain_flow, "train_generation", dies_in_b)
+    with pytest.raises(RuntimeError, match="power cut"):
+        distill_chain(spec)
+    monkeypatch.setattr(chain_flow, "train_generation", real)
+
+    path = write_config(tmp_path, tiny_chain(tmp_path, name="crash"))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher already trained in an earlier run: reused" in out
+    assert "A already trained in an earlier run: reused" in out
+    assert "B already trained" not in out
+
+    _, _, runs = runs_of(spec.tracking.uri, "crash")
+    finished = [r for r in runs if r.data.tags["kdchain.kind"] == "generation" and r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["kdchain.generation_name"] for r in finished) == ["A", "B", "C", "teacher"]
+    assert len([r for r in runs if r.data.tags["kdchain.kind"] == "chain"]) == 1
+    failed = [r for r in runs if r.info.status == "FAILED" and r.data.tags["kdchain.kind"] == "generation"]
+    assert [r.data.tags["kdchain.generation_name"] for r in failed] == ["B"]
+    assert "power cut" in failed[0].data.tags["kdchain.error"]
