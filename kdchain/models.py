@@ -50,6 +50,11 @@ def describe(arch) -> str:
         stages = "-".join(f"{c}x{n}" if n > 1 else str(c) for c, n in zip(arch.channels, convs))
         head = f", hidden {arch.hidden}" if arch.hidden else ""
         return f"cnn {stages}{head}"
+    if arch.kind == "resnet":
+        return f"resnet-{arch.depth}" + (f" x{arch.width:g}" if arch.width != 1 else "")
+    if arch.kind == "torchvision":
+        return arch.name + (" (pretrained)" if arch.weights else "") + (
+            f", frozen {','.join(arch.freeze)}" if arch.freeze else "")
     return arch.kind
 
 
@@ -75,9 +80,9 @@ class Cnn(nn.Module):
     def __init__(self, arch: CnnArch, num_classes: int, in_channels: int):
         super().__init__()
         stages, cin = [], in_channels
-        for i, (cout, n) in enumerate(zip(arch.channels, arch.convs())):
-            blocks = [ConvBlock(cin if j == 0 else cout, cout, arch.kernel_size, arch.batch_norm) for j in range(n)]
-            if arch.pool != "none" and i < len(arch.channels) - 1:
+        for cout, n, k, pooled in zip(arch.channels, arch.convs(), arch.kernels(), arch.pools()):
+            blocks = [ConvBlock(cin if j == 0 else cout, cout, k, arch.batch_norm) for j in range(n)]
+            if pooled:
                 blocks.append(nn.MaxPool2d(2) if arch.pool == "max" else nn.AvgPool2d(2))
             stages.append(nn.Sequential(*blocks))
             cin = cout
@@ -116,4 +121,22 @@ DEFAULT_TAPS: dict[str, str] = {"cnn": "stages"}  # the deepest feature map befo
 
 
 def default_tap(arch) -> str:
+    if arch.kind == "torchvision":
+        from kdchain.zoo import default_tap as zoo_tap
+
+        return zoo_tap(arch)
     return DEFAULT_TAPS[arch.kind]
+
+
+def prepare_for_training(model: nn.Module, arch) -> nn.Module:
+    """Load pretrained weights where the spec names them (torchvision `weights`); other families start random."""
+    if arch.kind == "torchvision":
+        from kdchain.zoo import load_weights
+
+        load_weights(model, arch)
+    return model
+
+
+# the other families live in their own modules and register themselves here
+import kdchain.resnet  # noqa: E402,F401
+import kdchain.zoo  # noqa: E402,F401

@@ -39,8 +39,11 @@ class CnnArch(Strict):
     convs_per_stage: list[Annotated[int, Field(ge=1)]] | Annotated[int, Field(ge=1)] = Field(
         1, description="conv-BN-ReLU blocks in each stage: one number for all stages or one per stage"
     )
-    kernel_size: Literal[1, 3, 5, 7] = Field(3, description="kernel size of every conv")
+    kernel_size: Literal[1, 3, 5, 7] | list[Literal[1, 3, 5, 7]] = Field(
+        3, description="kernel size of every conv: one number for all stages or one per stage")
     pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling after each stage except the last")
+    pool_after: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="0-based stages followed by the 2x2 pool; default: every stage except the last")
     batch_norm: bool = Field(True, description="BatchNorm after each conv")
     hidden: int = Field(0, ge=0, description="width of a hidden layer in the classifier; 0 = linear head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
@@ -51,7 +54,23 @@ class CnnArch(Strict):
             raise ValueError(
                 f"convs_per_stage has {len(self.convs_per_stage)} entries but channels has {len(self.channels)} stages"
             )
+        if isinstance(self.kernel_size, list) and len(self.kernel_size) != len(self.channels):
+            raise ValueError(f"kernel_size has {len(self.kernel_size)} entries but channels has {len(self.channels)} stages")
+        if self.pool_after is not None and any(i >= len(self.channels) for i in self.pool_after):
+            raise ValueError(f"pool_after names a stage beyond the last (stages are 0..{len(self.channels) - 1})")
         return self
+
+    def kernels(self) -> list[int]:
+        if isinstance(self.kernel_size, int):
+            return [self.kernel_size] * len(self.channels)
+        return list(self.kernel_size)
+
+    def pools(self) -> list[bool]:
+        """Whether stage i is followed by the 2x2 pool."""
+        if self.pool == "none":
+            return [False] * len(self.channels)
+        after = set(range(len(self.channels) - 1)) if self.pool_after is None else set(self.pool_after)
+        return [i in after for i in range(len(self.channels))]
 
     def convs(self) -> list[int]:
         if isinstance(self.convs_per_stage, int):
@@ -59,12 +78,74 @@ class CnnArch(Strict):
         return list(self.convs_per_stage)
 
 
-Arch = Annotated[Union[CnnArch], Field(discriminator="kind")]
+class ResnetArch(Strict):
+    """CIFAR-style ResNet (He et al. 2016, sec. 4.2): 3 stages of n basic blocks, depth = 6n + 2."""
+
+    kind: Literal["resnet"] = "resnet"
+    depth: int = Field(20, ge=8, description="layers, 6n + 2: 8, 14, 20, 32, 44, 56, 110")
+    width: float = Field(1.0, gt=0.0, le=16.0, description="multiplier on the stage widths 16, 32, 64")
+
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_2(cls, depth: int):
+        if (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), got {depth}")
+        return depth
+
+    def blocks(self) -> int:
+        return (self.depth - 2) // 6
+
+    def widths(self) -> list[int]:
+        return [max(1, round(c * self.width)) for c in (16, 32, 64)]
+
+
+def _is_checkpoint_path(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".pth", ".ckpt", ".bin"))
+
+
+class TorchvisionArch(Strict):
+    """Any torchvision classification model by name; its last linear layer is replaced by one for num_classes."""
+
+    kind: Literal["torchvision"] = "torchvision"
+    name: str = Field(description="torchvision.models name, e.g. vgg19, resnet18, mobilenet_v3_small")
+    weights: str | None = Field(None, description="torchvision weights (e.g. IMAGENET1K_V1, DEFAULT) or a local "
+                                                  "checkpoint file (.pt/.pth); none = random initialisation")
+    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed, "
+                                                                "e.g. [features] to fine-tune only the classifier")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str):
+        from torchvision import models
+
+        names = models.list_models(module=models)
+        if name not in names:
+            raise ValueError(f"unknown torchvision model {name!r}; choose one of: {', '.join(names)}")
+        return name
+
+    @model_validator(mode="after")
+    def _known_weights(self):
+        if self.weights is None or _is_checkpoint_path(self.weights):
+            return self
+        from torchvision import models
+
+        enum = models.get_model_weights(self.name)
+        member = self.weights.split(".")[-1]
+        if member not in enum.__members__:
+            raise ValueError(f"{self.weights!r} is not a weights name of {self.name}; use one of "
+                             f"{', '.join(enum.__members__)} or a checkpoint path ending in .pt/.pth")
+        return self
+
+
+Arch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch], Field(discriminator="kind")]
 
 
 class Derive(Strict):
     width: float = Field(0.5, gt=0.0, le=4.0, description="multiplier on every stage's channels")
     depth: float = Field(1.0, gt=0.0, le=4.0, description="multiplier on the blocks per stage (at least 1 each)")
+    to: Literal["same", "cnn"] = Field(
+        "same", description="same: the teacher's family (torchvision: its nearest smaller member); "
+                            "cnn: a cnn with the teacher's stage layout, scaled")
 
 
 class DeriveStudent(Strict):
@@ -80,9 +161,11 @@ def _student_tag(value: Any) -> str | None:
 
 
 StudentSpec = Annotated[
-    Union[Annotated[CnnArch, Tag("cnn")], Annotated[DeriveStudent, Tag("derive")]],
+    Union[Annotated[CnnArch, Tag("cnn")], Annotated[ResnetArch, Tag("resnet")],
+          Annotated[TorchvisionArch, Tag("torchvision")], Annotated[DeriveStudent, Tag("derive")]],
     Discriminator(_student_tag, custom_error_type="student_kind",
-                  custom_error_message="expected an architecture with kind: cnn, or {derive: {width, depth}}"),
+                  custom_error_message="expected an architecture with kind: cnn, resnet or torchvision, "
+                                       "or {derive: {width, depth}}"),
 ]
 
 
@@ -156,15 +239,67 @@ class SplitFractions(Strict):
     test: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for test")
 
 
+class Augment(Strict):
+    """Applied per training batch on the device: random crop from a zero-padded image, horizontal flip."""
+
+    crop_padding: int = Field(0, ge=0, le=64, description="pixels of zero padding before a random crop back to size; 0 = off")
+    flip: bool = Field(False, description="random horizontal flip (only where a flipped image keeps its class)")
+
+
 class DigitsData(Strict):
     """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes."""
 
     kind: Literal["digits"] = "digits"
     image_size: int = Field(8, ge=8, le=64, description="images are upscaled (bilinear) to this size")
     split: SplitFractions = Field(default_factory=SplitFractions, description="stratified, seeded split")
+    augment: Augment = Field(default_factory=Augment, description="per-batch augmentation; off for digits")
 
 
-DataSpec = Annotated[Union[DigitsData], Field(discriminator="kind")]
+class Cifar10Data(Strict):
+    """CIFAR-10 in its official python format (cifar-10-batches-py/) under `root`, read by torchvision."""
+
+    kind: Literal["cifar10"] = "cifar10"
+    root: str = Field("data", description="folder that holds cifar-10-batches-py/ (or where to download it)")
+    download: bool = Field(False, description="let torchvision download the archive (needs internet)")
+    image_size: int = Field(32, ge=8, le=512, description="images are resized (bilinear, per batch) to this size")
+    normalize: Literal["dataset", "imagenet"] = Field("dataset", description="per-channel mean/std of the training "
+                                                                             "split, or ImageNet's")
+    val: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training files held out for validation")
+    augment: Augment = Field(default_factory=lambda: Augment(crop_padding=4, flip=True),
+                             description="per-batch augmentation (padding scales with image_size / 32)")
+
+
+class ImageFolderData(Strict):
+    """root/<class>/<image>, or root/{train,val,test}/<class>/<image>; any format PIL reads."""
+
+    kind: Literal["imagefolder"] = "imagefolder"
+    root: str = Field(description="folder of class subfolders, or of train/ val/ test/ subfolders")
+    image_size: int = Field(64, ge=8, le=1024, description="every image is resized to image_size x image_size")
+    normalize: Literal["dataset", "imagenet"] = Field("dataset", description="per-channel mean/std of the training "
+                                                                             "split, or ImageNet's")
+    split: SplitFractions = Field(default_factory=SplitFractions,
+                                  description="stratified, seeded split when root has no train/ subfolder")
+    memory_budget_mb: int = Field(2048, ge=1, description="decode all images once into uint8 tensors when they fit "
+                                                          "this budget; otherwise stream them from disk")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming")
+    augment: Augment = Field(default_factory=Augment, description="per-batch augmentation")
+
+
+class MarksData(Strict):
+    """Procedural product-inspection marks: 10 classes of dot/shape combinations on textured surfaces."""
+
+    kind: Literal["marks"] = "marks"
+    train_size: int = Field(20000, ge=10, description="training images")
+    val_size: int = Field(2000, ge=10, description="validation images")
+    test_size: int = Field(4000, ge=10, description="test images")
+    image_size: int = Field(32, ge=16, le=256, description="height and width in pixels")
+    difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 = clean, centred marks; 1 = heavy blur, clutter, "
+                                                               "uneven lighting, small low-contrast marks")
+    augment: Augment = Field(default_factory=lambda: Augment(crop_padding=2, flip=True),
+                             description="per-batch augmentation (every class is mirror-symmetric)")
+
+
+DataSpec = Annotated[Union[DigitsData, Cifar10Data, ImageFolderData, MarksData], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------- chain
@@ -209,13 +344,16 @@ class ChainSpec(Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
+_TAGS = ("cnn", "resnet", "torchvision", "derive", "ce", "kd", "feature", "digits", "cifar10", "imagefolder", "marks")
+
+
 def _format_loc(loc: tuple) -> str:
     # pydantic puts union tags ("cnn", "function-after[...]") into loc; keep the field path only
     parts = []
     for p in loc:
         if isinstance(p, int):
             parts.append(str(p))
-        elif isinstance(p, str) and not any(c in p for c in "[]()") and p not in ("cnn", "derive", "ce", "kd", "feature", "digits"):
+        elif isinstance(p, str) and not any(c in p for c in "[]()") and p not in _TAGS:
             parts.append(p)
     return ".".join(parts) or "(top level)"
 
