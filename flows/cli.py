@@ -99,6 +99,11 @@ def cmd_inspect(args) -> int:
 
 def cmd_run(args) -> int:
     spec = _load(args)
+    from kdchain.chain import missing_resources
+
+    missing = missing_resources(spec, str(args.config))
+    if missing:  # before Prefect or MLflow start: nothing is trained or written
+        return _fail(missing)
     import logging
 
     from flows.chain import distill_chain

@@ -15,10 +15,10 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from kdchain.data import input_info, load_data
-from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict
+from kdchain.data import input_info, load_data, missing_data
+from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict_split
 from kdchain.losses import DistillLoss
-from kdchain.models import build_model, count_params, default_tap, describe, resolve_student
+from kdchain.models import build_model, count_params, default_tap, describe, prepare_for_training, resolve_student
 from kdchain.profile import count_flops, profile
 from kdchain.specs import Arch, CeLoss, ChainSpec, FeatureLoss, SpecError, TrainSpec, canonical_json, spec_hash
 from kdchain.taps import check_node, feature_shapes, tappable_nodes
@@ -58,6 +58,12 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     return gens
 
 
+def arch_field(gen: ResolvedGeneration, line: str) -> str:
+    """'model.freeze: ...' from a builder -> 'teacher.model.freeze: ...' or 'generations.1.student.freeze: ...'."""
+    field = "teacher.model" if gen.index == 0 else f"generations.{gen.index - 1}.student"
+    return f"{field}.{line[len('model.'):]}" if line.startswith("model.") else f"{field}: {line}"
+
+
 def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGeneration]:
     """Everything that needs the models built: feature node names. Raises SpecError naming each bad field."""
     try:
@@ -65,7 +71,12 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     except SpecError as e:
         raise SpecError([f"{source}: {line}" for line in e.lines]) from None
     input_shape, num_classes = input_info(spec.data)
-    models = [build_model(g.arch, num_classes, input_shape[0]) for g in gens]
+    models = []
+    for g in gens:
+        try:
+            models.append(build_model(g.arch, num_classes, input_shape[0]))
+        except SpecError as e:  # freeze prefixes, channel counts: name the generation's field
+            raise SpecError([f"{source}: {arch_field(g, line)}" for line in e.lines]) from None
     problems = []
     for g in gens[1:]:
         for j, term in enumerate(g.distill):
@@ -81,6 +92,21 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     if problems:
         raise SpecError(problems)
     return gens
+
+
+def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
+    """What must be on disk before training starts (pretrained weights, data files), each as how to provide it."""
+    from kdchain.zoo import missing_weights
+
+    problems = []
+    for g in resolve_chain(spec):
+        problem = missing_weights(g.arch)
+        if problem:
+            problems.append(f"{source}: {arch_field(g, problem)}")
+    problem = missing_data(spec.data)
+    if problem:
+        problems.append(f"{source}: {problem}")
+    return problems
 
 
 def file_digest(path: Path) -> str:
@@ -166,7 +192,7 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     data = load_data(spec.data, spec.seed)
     input_shape = data.input_shape
     torch.manual_seed(spec.seed + index)
-    student = build_model(gen.arch, data.num_classes, input_shape[0])
+    student = prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]), gen.arch)
 
     teacher = None
     if index > 0:
@@ -182,11 +208,12 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     t1 = time.perf_counter()
     student.eval()
     test = data.test.to(device)
-    test_pred = predict(student, test.x).argmax(1)
-    metrics = {"test_accuracy": (test_pred == test.y).float().mean().item(),
+    test_logits, test_y = predict_split(student, test)
+    test_pred = test_logits.argmax(1)
+    metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
                "val_accuracy": evaluate(student, data.val.to(device))}
     if teacher is not None:
-        teacher_pred = predict(teacher.to(device), test.x).argmax(1)
+        teacher_pred = predict_split(teacher.to(device), test)[0].argmax(1)
         metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
     else:
         metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself

@@ -4,7 +4,7 @@ Small data sets are held as one float tensor per split (N, C, H, W) and sliced b
 in-memory tensors is several times slower and buys nothing here.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterator
 
@@ -18,14 +18,22 @@ from kdchain.specs import DataSpec, DigitsData, canonical_json
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, C, H, W) float32, normalised
+    x: torch.Tensor  # (N, C, H, W) float32 normalised, or uint8 pixels that `transform` makes into that
     y: torch.Tensor  # (N,) int64
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # per batch, on the device: resize, normalise
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.transform)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.transform is None else self.transform(x)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.inputs(self.x[:1]).shape[1:])
 
 
 @dataclass
@@ -35,27 +43,38 @@ class DataBundle:
     test: Split
     num_classes: int
     class_names: list[str]
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out, "path (reason)"
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # per training batch, on the device
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # (C, H, W)
+        return self.train.input_shape  # (C, H, W) the model sees
 
     def to(self, device) -> "DataBundle":
         return DataBundle(self.train.to(device), self.val.to(device), self.test.to(device),
-                          self.num_classes, self.class_names)
+                          self.num_classes, self.class_names, self.skipped, self.augment)
 
 
 LOADERS: dict[str, Callable[[DataSpec, int], DataBundle]] = {}
 SHAPES: dict[str, Callable[[DataSpec], tuple[tuple[int, int, int], int]]] = {}
+CHECKS: dict[str, Callable[[DataSpec], str | None]] = {}
 
 
-def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]]):
-    """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`."""
+def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]],
+             check: Callable[[DataSpec], str | None] | None = None):
+    """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`;
+    `check(spec)` -> None, or one sentence saying which files are missing and where they go."""
     def wrap(fn):
         LOADERS[kind] = fn
         SHAPES[kind] = shape
+        if check is not None:
+            CHECKS[kind] = check
         return fn
     return wrap
+
+
+def missing_data(spec: DataSpec) -> str | None:
+    return CHECKS[spec.kind](spec) if spec.kind in CHECKS else None
 
 
 def input_info(spec: DataSpec) -> tuple[tuple[int, int, int], int]:
@@ -70,8 +89,12 @@ def load_data(spec: DataSpec, seed: int) -> DataBundle:
 
 @lru_cache(maxsize=4)
 def _load_cached(spec_json: str, seed: int) -> DataBundle:
+    from kdchain.augment import make_augment
+
     parsed = TypeAdapter(DataSpec).validate_json(spec_json)
-    return LOADERS[parsed.kind](parsed, seed)
+    bundle = LOADERS[parsed.kind](parsed, seed)
+    bundle.augment = make_augment(parsed.augment)
+    return bundle
 
 
 def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,6 +132,9 @@ def load_digits(spec: DigitsData, seed: int) -> DataBundle:
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
             shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches sliced from the split's tensors; order from a seeded permutation when shuffling."""
+    if hasattr(split, "stream"):  # a split streamed from disk (kdchain.images.StreamSplit)
+        yield from split.stream(batch_size, generator, shuffle, drop_last)
+        return
     n = len(split)
     order = torch.randperm(n, generator=generator, device="cpu") if shuffle else None
     if order is not None and split.x.device.type != "cpu":
@@ -116,7 +142,12 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         if order is None:
-            yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+            yield split.inputs(split.x[start:start + batch_size]), split.y[start:start + batch_size]
         else:
             idx = order[start:start + batch_size]
-            yield split.x[idx], split.y[idx]
+            yield split.inputs(split.x[idx]), split.y[idx]
+
+
+# the other data sets live in their own modules and register themselves here
+import kdchain.images  # noqa: E402,F401
+import kdchain.marks  # noqa: E402,F401

@@ -77,20 +77,43 @@ def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
+def eval_batch_size(input_shape) -> int:
+    # 1024 at 32x32 and below; fewer for large images (VGG at 224x224 holds ~13 MB of activations per image)
+    return max(16, min(1024, 1024 * 32 * 32 // (input_shape[-1] * input_shape[-2])))
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits (N, K) in eval mode, in large batches."""
+def predict(model: nn.Module, x, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (N, K) in eval mode, in large batches; `x` is a tensor (N, C, H, W) or a Split."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    if isinstance(x, torch.Tensor):
+        bs = batch_size or eval_batch_size(x.shape)
+        out = torch.cat([model(x[i:i + bs]) for i in range(0, len(x), bs)])
+    else:
+        out = predict_split(model, x, batch_size)[0]
     model.train(was_training)
     return out
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
+@torch.inference_mode()
+def predict_split(model: nn.Module, split, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, K), labels (N,)) over a split in its order; a streamed split may leave out unreadable files."""
+    was_training = model.training
+    model.eval()
+    bs = batch_size or eval_batch_size(split.input_shape)
+    logits, labels = [], []
+    for xb, yb in batches(split, bs, shuffle=False):
+        logits.append(model(xb))
+        labels.append(yb)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int | None = None) -> float:
     """Top-1 accuracy in [0, 1]."""
-    pred = predict(model, split.x, batch_size).argmax(1)
-    return (pred == split.y).float().mean().item()
+    logits, y = predict_split(model, split, batch_size)
+    return (logits.argmax(1) == y).float().mean().item()
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -146,6 +169,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         loss_sum = torch.zeros((), device=device)
         part_sums = {name: torch.zeros((), device=device) for name in loss.names}
         for x, y in batches(train_split, train.batch_size, gen):
+            if data.augment is not None:  # per-batch augmentation on the device (kdchain.augment)
+                x = data.augment(x)
             teacher_out = None
             if teacher_fwd is not None:
                 with torch.inference_mode():
@@ -162,7 +187,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
                 part_sums[name] += value.detach() * len(y)
 
         # the one host synchronisation of the epoch
-        n = len(train_split)
+        n = max(1, len(train_split))
         parts_mean = {name: (s / n).item() for name, s in part_sums.items()}
         train_loss = (loss_sum / n).item()
         if not math.isfinite(train_loss):

@@ -266,7 +266,7 @@ class Cifar10Data(Strict):
                                                                              "split, or ImageNet's")
     val: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training files held out for validation")
     augment: Augment = Field(default_factory=lambda: Augment(crop_padding=4, flip=True),
-                             description="per-batch augmentation (padding scales with image_size / 32)")
+                             description="per-batch augmentation")
 
 
 class ImageFolderData(Strict):
