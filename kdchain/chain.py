@@ -96,11 +96,17 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
 
 def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
     """What must be on disk before training starts (pretrained weights, data files), each as how to provide it."""
-    from kdchain.zoo import missing_weights
+    from kdchain.zoo import fitting_state, missing_weights
 
     problems = []
+    _, num_classes = input_info(spec.data)
     for g in resolve_chain(spec):
         problem = missing_weights(g.arch)
+        if problem is None and getattr(g.arch, "weights", None):  # on disk: do its tensors fit the model?
+            try:
+                fitting_state(build_model(g.arch, num_classes, 3), g.arch)
+            except SpecError as e:
+                problem = e.lines[0]
         if problem:
             problems.append(f"{source}: {arch_field(g, problem)}")
     problem = missing_data(spec.data)

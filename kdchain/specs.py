@@ -279,7 +279,7 @@ class ImageFolderData(Strict):
                                                                              "split, or ImageNet's")
     split: SplitFractions = Field(default_factory=SplitFractions,
                                   description="stratified, seeded split when root has no train/ subfolder")
-    memory_budget_mb: int = Field(2048, ge=1, description="decode all images once into uint8 tensors when they fit "
+    memory_budget_mb: float = Field(2048, ge=0, description="decode all images once into uint8 tensors when they fit "
                                                           "this budget; otherwise stream them from disk")
     workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming")
     augment: Augment = Field(default_factory=Augment, description="per-batch augmentation")

@@ -147,8 +147,12 @@ def _state_dict_of(obj) -> dict:
 def load_weights(model: nn.Module, arch: TorchvisionArch) -> None:
     """Load `arch.weights` into `model` (head already replaced). An ImageNet head (other class count) is left
     freshly initialised; any other shape mismatch is a spec error naming the first differing tensors."""
-    if arch.weights is None:
-        return
+    if arch.weights is not None:
+        model.load_state_dict(fitting_state(model, arch), strict=False)
+
+
+def fitting_state(model: nn.Module, arch: TorchvisionArch) -> dict:
+    """The checkpoint's tensors that `model` takes; SpecError when the file is missing or does not fit."""
     problem = missing_weights(arch)
     if problem:
         raise SpecError([problem])
@@ -168,7 +172,7 @@ def load_weights(model: nn.Module, arch: TorchvisionArch) -> None:
                           f"{tuple(own[k].shape) if k in own else 'unexpected'}" for k in bad[:3])
         raise SpecError([f"model.weights: {path} does not fit {arch.name} ({len(bad)} tensors differ: {first}); "
                          f"give a checkpoint of {arch.name} or change model.name to the model it was saved from"])
-    model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
+    return {k: v for k, v in state.items() if k not in skip}
 
 
 # ---------------------------------------------------------------------------------------------- derivation
