@@ -62,9 +62,10 @@ def _cifar_dataset(root: str, train: bool, download: bool):
 
     class LocalCIFAR10(CIFAR10):
         # torchvision checks each file's md5 against the published archive; files a user (or a test) wrote in the
-        # official format are accepted as long as they are all there and unpickle
-        def _check_integrity(self) -> bool:
-            return all((Path(self.root) / self.base_folder / f).is_file() for f in CIFAR_FILES)
+        # official format are accepted as long as they are all there and unpickle (md5 None = existence only)
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
 
     return (CIFAR10 if download else LocalCIFAR10)(root, train=train, download=download)
 
