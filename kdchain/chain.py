@@ -145,7 +145,8 @@ class GenerationOutcome:
     metrics: dict[str, float]  # test_accuracy, val_accuracy, params, flops, latency_ms, size_bytes, teacher_agreement
     history: list[EpochReport] = field(default_factory=list)
     resumed_from_epoch: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile
+    seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile, teacher_cache
+    teacher_outputs: str = "none"  # how the teacher's outputs were obtained (engine's teacher-output cache)
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -198,7 +199,9 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
-                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2})
+                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2,
+                                 "teacher_cache": result.cache_seconds})
+    outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     return outcome, student.cpu()
 
 
