@@ -17,6 +17,7 @@ from torch import nn
 
 from kdchain.data import input_info, load_data
 from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict
+from kdchain.export import export_and_measure
 from kdchain.losses import DistillLoss
 from kdchain.models import build_model, count_params, default_tap, describe, resolve_student
 from kdchain.profile import count_flops, profile
@@ -196,10 +197,13 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
+    # ONNX beside the checkpoint, checked on the test batch (max |diff| of logits <= 1e-4), timed against torch
+    metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), data.test.x[:256]))
+    t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
-                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2,
+                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     return outcome, student.cpu()
