@@ -9,6 +9,7 @@ then finds the same singleton already up. Nothing changes when PREFECT_API_URL n
 import os
 import threading
 
+STARTUP_TIMEOUT_S = 120
 _thread: threading.Thread | None = None
 _error: list[BaseException] = []
 
@@ -17,7 +18,8 @@ def _start() -> None:
     try:
         from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().start()
+        # Prefect counts only its own 0.1 s sleeps toward the timeout; on a busy shared box the default is too short
+        SubprocessASGIServer().start(timeout=STARTUP_TIMEOUT_S)
     except BaseException as e:  # reported by ready(); the flow would then start the server itself
         _error.append(e)
 
