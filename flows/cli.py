@@ -98,6 +98,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from flows import server
+
+    server.prestart()  # Prefect's local server starts while torch, the spec and the store load
     spec = _load(args)
     from kdchain.chain import missing_resources
 
@@ -115,6 +118,7 @@ def cmd_run(args) -> int:
     t0 = time.time()
     progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
                            + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
+    server.ready()
     progress.enable()
     try:
         result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh)

@@ -15,8 +15,9 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from kdchain.data import input_info, load_data, missing_data
-from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict_split
+from kdchain.data import batches, input_info, load_data, missing_data
+from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict, predict_split
+from kdchain.export import export_and_measure
 from kdchain.losses import DistillLoss
 from kdchain.models import build_model, count_params, default_tap, describe, prepare_for_training, resolve_student
 from kdchain.profile import count_flops, profile
@@ -177,7 +178,8 @@ class GenerationOutcome:
     metrics: dict[str, float]  # test_accuracy, val_accuracy, params, flops, latency_ms, size_bytes, teacher_agreement
     history: list[EpochReport] = field(default_factory=list)
     resumed_from_epoch: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile
+    seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile, teacher_cache
+    teacher_outputs: str = "none"  # how the teacher's outputs were obtained (engine's teacher-output cache)
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -228,10 +230,16 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
+    # ONNX beside the checkpoint, checked on the test batch (max |diff| of logits <= 1e-4), timed against torch
+    test_batch = next(batches(data.test, 256, shuffle=False))[0]
+    metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch))
+    t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
-                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2})
+                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
+                                 "teacher_cache": result.cache_seconds})
+    outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     return outcome, student.cpu()
 
 

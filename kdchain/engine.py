@@ -1,9 +1,17 @@
 """fit / evaluate: pure torch, seeded; reports through a callback and knows nothing of MLflow or Prefect.
 
-The training split stays resident on the device as one tensor and is batched by a seeded permutation.
-Inside the step nothing synchronises with the host: per-epoch sums stay on the device and are read once at
-the end of the epoch. With `state_path`, the full training state is written atomically after every epoch
-and a later call resumes from it.
+The training split stays resident on the device as one tensor (channels_last) and is batched by the indices
+of a seeded permutation. Inside the step nothing synchronises with the host: per-epoch sums stay on the device
+and are read once at the end of the epoch. On CUDA the forward runs under bf16 autocast and the optimizer is
+fused; `train.compile` wraps the student's forward in torch.compile.
+
+Teacher-output cache: when the student sees the un-augmented training split, the teacher's outputs (logits and
+tapped maps) are the same every epoch, so they are computed once, kept on the device as (N, ...) tensors and
+indexed with the same batch indices as the data. An `augment` function takes the other, separate path: the
+teacher runs live on the very same augmented batch as the student.
+
+With `state_path`, the full training state is written atomically after every epoch and a later call resumes
+from it.
 """
 
 import math
@@ -19,7 +27,7 @@ from torch import nn
 from kdchain.data import DataBundle, Split, batches
 from kdchain.losses import LOGITS, DistillLoss
 from kdchain.specs import TrainSpec
-from kdchain.taps import Tapped
+from kdchain.taps import Tapped, feature_shapes
 
 
 class Diverged(RuntimeError):
@@ -41,6 +49,12 @@ class FitResult:
     history: list[EpochReport] = field(default_factory=list)
     resumed_from_epoch: int = 0  # epochs restored from state_path instead of trained
     train_seconds: float = 0.0
+    teacher: str = "none"  # how the teacher's outputs were obtained: none, cached, or live (and why)
+    cache_seconds: float = 0.0  # time to fill the teacher-output cache
+
+
+# x (B, C, H, W), y (B,) -> the augmented batch; teacher and student both see its output
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -49,8 +63,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def free_cores() -> int:
+    """Cores not already busy (cores minus the 1-minute load average), at least 1. On a shared box, more OpenMP
+    threads than free cores makes every op wait for descheduled threads: 10-50x slower, measured here."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
 def set_threads(threads: int | None) -> None:
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or free_cores())
 
 
 def outputs_of(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], dict]:
@@ -60,13 +85,66 @@ def outputs_of(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], d
     return lambda x: {LOGITS: model(x)}
 
 
-def make_optimizer(params, spec: TrainSpec) -> torch.optim.Optimizer:
-    # foreach kernels: one launch per parameter group instead of one per tensor
+def make_optimizer(params, spec: TrainSpec, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    # CUDA: fused kernels (one launch for the whole step); CPU: foreach (one op per group instead of per tensor)
+    kind = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                               nesterov=True, foreach=True)
+                               nesterov=True, **kind)
     cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
+    return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **kind)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context on CPU (bf16 convs on CPU are slower than fp32 here)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Index tensors of a seeded permutation, batch by batch (the same order as kdchain.data.batches)."""
+    order = torch.randperm(n, generator=generator, device="cpu").to(device)
+    return order.split(batch_size)
+
+
+def epoch_batches(split, batch_size: int, generator: torch.Generator, device: torch.device):
+    """(indices or None, x, y) per training batch: in-memory splits by index (the teacher cache is indexed the
+    same way), streamed splits through their loader."""
+    if hasattr(split, "stream"):
+        for x, y in batches(split, batch_size, generator):
+            yield None, x.to(device), y.to(device)
+        return
+    for idx in batch_indices(len(split), batch_size, generator, device):
+        yield idx, split.inputs(split.x[idx]), split.y[idx]
+
+
+def teacher_cache_plan(mode: str, augment: Augment | None, n: int, shapes: dict[str, tuple], budget_mb: float
+                       ) -> tuple[bool, str]:
+    """(cache?, why): `shapes` are the per-image shapes of the teacher outputs the loss reads."""
+    if augment is not None:
+        return False, "live: augmentation (the teacher sees the student's augmented view)"
+    if mode == "off":
+        return False, "live: cache off"
+    mb = n * sum(math.prod(s) for s in shapes.values()) * 4 / 2**20  # float32
+    if mode == "auto" and mb > budget_mb:
+        return False, f"live: outputs need {mb:.0f} MB, over cache_memory_mb {budget_mb:g}"
+    return True, f"cached: {', '.join(shapes)} of {n} images, {mb:.2f} MB"
+
+
+@torch.inference_mode()
+def teacher_outputs(teacher_fwd, split: Split, device: torch.device, batch_size: int = 1024) -> dict:
+    """{name: (N, ...) float32} of the teacher over the whole in-memory split, in large batches; normal tensors
+    (not inference tensors) so that batches indexed from them can enter the autograd graph of the loss."""
+    parts: dict[str, list] = {}
+    with autocast(device):
+        for i in range(0, len(split), batch_size):
+            for k, v in teacher_fwd(channels_last(split.inputs(split.x[i:i + batch_size]))).items():
+                parts.setdefault(k, []).append(v.float())
+    with torch.inference_mode(False):
+        return {k: torch.cat(v).clone() for k, v in parts.items()}
 
 
 def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps: int):
@@ -89,7 +167,8 @@ def predict(model: nn.Module, x, batch_size: int | None = None) -> torch.Tensor:
     model.eval()
     if isinstance(x, torch.Tensor):
         bs = batch_size or eval_batch_size(x.shape)
-        out = torch.cat([model(x[i:i + bs]) for i in range(0, len(x), bs)])
+        with autocast(x.device):
+            out = torch.cat([model(channels_last(x[i:i + bs])).float() for i in range(0, len(x), bs)])
     else:
         out = predict_split(model, x, batch_size)[0]
     model.train(was_training)
@@ -130,30 +209,52 @@ def atomic_save(obj, path: Path) -> None:
 
 def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train: TrainSpec,
         seed: int = 0, on_epoch: Callable[[EpochReport], None] | None = None,
-        device: torch.device | str = "cpu", state_path: Path | None = None) -> FitResult:
-    """Train `student` on `loss` (the teacher's outputs feed it when it needs them); returns the history."""
+        device: torch.device | str = "cpu", state_path: Path | None = None,
+        augment: Augment | None = None) -> FitResult:
+    """Train `student` on `loss` (the teacher's outputs feed it when it needs them); returns the history.
+
+    `augment(x, y)`, when given, is applied to every training batch; the teacher-output cache is then bypassed."""
     device = torch.device(device)
     set_threads(train.threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
-    student.to(device).train()
+    student.to(device, memory_format=torch.channels_last).train()
     loss.to(device).train()
     student_fwd = outputs_of(student, loss.nodes("student"))
-    teacher_fwd = None
+    if train.compile:
+        student_fwd = torch.compile(student_fwd)
+    # a split streamed from disk (kdchain.images.StreamSplit) stays where it is; in-memory ones move to the device
+    streamed = hasattr(data.train, "stream")
+    train_split = data.train if streamed else data.train.to(device)
+    val_split = data.val if hasattr(data.val, "stream") else data.val.to(device)
+    if augment is None and data.augment is not None:  # the data set's per-batch augmentation (kdchain.augment)
+        augment = lambda x, y: (data.augment(x), y)  # noqa: E731
+    result = FitResult()
+
+    teacher_fwd, cached = None, None
     if loss.needs_teacher:
         if teacher is None:
             raise ValueError("this loss needs a teacher")
-        teacher.to(device).eval()
+        teacher.to(device, memory_format=torch.channels_last).eval()
         teacher_fwd = outputs_of(teacher, loss.nodes("teacher"))
+        shapes = {LOGITS: (data.num_classes,)} | {n: tuple(s) for n, s in
+                                                  feature_shapes(teacher, loss.nodes("teacher"),
+                                                                 data.input_shape).items()}
+        use_cache, result.teacher = teacher_cache_plan(train.cache, augment, len(train_split), shapes,
+                                                       train.cache_memory_mb)
+        if use_cache and streamed:
+            use_cache, result.teacher = False, "live: the training split is streamed from disk"
+        if use_cache:
+            t0 = time.perf_counter()
+            cached = teacher_outputs(teacher_fwd, train_split, device)  # {name: (N, ...)}
+            result.cache_seconds = time.perf_counter() - t0
 
-    train_split = data.train.to(device)
-    val_split = data.val.to(device)
     steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
-    opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train)
+    opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train, device)
     sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
 
-    result, start_epoch = FitResult(), 0
+    start_epoch = 0
     if state_path is not None and Path(state_path).is_file():
         state = torch.load(state_path, map_location=device, weights_only=True)
         student.load_state_dict(state["student"])
@@ -168,16 +269,22 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         part_sums = {name: torch.zeros((), device=device) for name in loss.names}
-        for x, y in batches(train_split, train.batch_size, gen):
-            if data.augment is not None:  # per-batch augmentation on the device (kdchain.augment)
-                x = data.augment(x)
+        for idx, x, y in epoch_batches(train_split, train.batch_size, gen, device):
             teacher_out = None
-            if teacher_fwd is not None:
-                with torch.inference_mode():
-                    teacher_out = teacher_fwd(x)
+            if augment is not None:
+                x, y = augment(x, y)
+            x = channels_last(x)
+            if cached is not None:
+                teacher_out = {k: v[idx] for k, v in cached.items()}  # same indices as the batch
+            elif teacher_fwd is not None:
+                with torch.inference_mode(), autocast(device):
+                    teacher_out = teacher_fwd(x)  # live, on the very batch the student sees
                 # inference tensors cannot be saved for backward: clone into normal tensors
-                teacher_out = {k: v.clone() for k, v in teacher_out.items()}
-            total, parts = loss(student_fwd(x), teacher_out, y)
+                teacher_out = {k: v.float().clone() for k, v in teacher_out.items()}
+            with autocast(device):
+                student_out = student_fwd(x)
+            student_out = {k: v.float() for k, v in student_out.items()}
+            total, parts = loss(student_out, teacher_out, y)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

@@ -211,7 +211,12 @@ class TrainSpec(Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum (sgd only)")
     batch_size: int = Field(64, ge=1, description="training batch size")
     schedule: Literal["cosine", "constant", "onecycle"] = Field("cosine", description="learning-rate schedule")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: the cores not already busy")
+    compile: bool = Field(False, description="torch.compile the student's forward (pays a compile once, then faster)")
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="teacher outputs computed once and reused every epoch: auto = when the student sees "
+        "un-augmented data and the outputs fit cache_memory_mb; on = also past the budget; off = teacher runs live")
+    cache_memory_mb: float = Field(512.0, gt=0.0, description="memory budget of the teacher-output cache (auto)")
 
 
 def _default_distill() -> list:

@@ -27,7 +27,7 @@ DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
 TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
 FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
-              "teacher_agreement"]
+              "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
 
 
 def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
@@ -183,6 +183,9 @@ class Tracker:
                                             pip_requirements=_pip_requirements(),
                                             code_paths=[str(Path(kdchain.__file__).parent)])
             mlflow.log_artifact(checkpoint, "checkpoint")
+            onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.export
+            if onnx.is_file():
+                mlflow.log_artifact(str(onnx), "onnx")
         self.client.set_terminated(run_id, status="FINISHED")
         return info.model_uri
 
