@@ -107,6 +107,9 @@ def cmd_run(args) -> int:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     from kdchain.tracking import StoreError
 
+    from kdchain.tracking import prepare_store, resolve_uri
+
+    prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
     t0 = time.time()
     progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
                            + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
@@ -216,14 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
-        from kdchain.chain import CheckpointError
+        from kdchain.chain import CheckpointError, ResourceError, resource_error
         from kdchain.engine import Diverged
-        from kdchain.tracking import StoreError
+        from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
-        if isinstance(e, (CheckpointError, StoreError)):
+        if isinstance(e, (CheckpointError, StoreError, ResourceError)):
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)
+        known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
+        if known is not None:
+            return _fail(f"kdchain: {known}")
         raise
 
 

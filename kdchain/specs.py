@@ -23,7 +23,8 @@ class SpecError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .nan` or `weight: .inf` is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- architectures
@@ -221,7 +222,8 @@ def _format_loc(loc: tuple) -> str:
 
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
-    lines = []
+    """One line per field path: a union's several complaints about one value are joined with "; or "."""
+    by_path: dict[str, list[str]] = {}
     for e in err.errors():
         path = _format_loc(e["loc"])
         msg = e["msg"]
@@ -231,8 +233,10 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
             msg = "required field is missing"
         if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
-    return list(dict.fromkeys(lines))
+        msgs = by_path.setdefault(path, [])
+        if msg not in msgs:
+            msgs.append(msg)
+    return [f"{source}: {path}: {'; or '.join(msgs)}" for path, msgs in by_path.items()]
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -240,7 +244,12 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise SpecError([f"--set {assignment}: expected dotted.key=value"])
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError([f"--set {key}: the value {raw!r} is not valid YAML ({getattr(e, 'problem', e)})"]) from None
+    if not key.strip() or any(not p.strip() for p in key.split(".")):
+        raise SpecError([f"--set {assignment}: expected dotted.key=value with no empty parts"])
     parts = key.strip().split(".")
     node: Any = data
     for depth, part in enumerate(parts):
