@@ -97,6 +97,11 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _not_a_run_failure(record) -> bool:
+    return not (record.exc_info and record.name.startswith(("prefect.task_runs", "prefect.flow_runs",
+                                                            "prefect.task_engine", "prefect.flow_engine")))
+
+
 def cmd_run(args) -> int:
     spec = _load(args)
     import logging
@@ -105,6 +110,11 @@ def cmd_run(args) -> int:
 
     # MLflow's INFO/WARNING chatter (registration notices, the pickle-format caution) would break the progress bars
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # Prefect prints a failed task's or flow's traceback on the console; this command reports the failure in one
+    # line instead (the Prefect API still receives the full log)
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_not_a_run_failure)
     from kdchain.tracking import StoreError
 
     from kdchain.tracking import prepare_store, resolve_uri

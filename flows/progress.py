@@ -57,4 +57,4 @@ def reused(name: str, result) -> None:
 def note(text: str) -> None:
     """One line about what the chain does beyond training (resuming, retraining a bad checkpoint)."""
     if _bar is not None:
-        console.print(text)
+        console.print(text, soft_wrap=True)  # one line, however long its paths

@@ -131,7 +131,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 def resource_error(e: BaseException, gen_field: str) -> ResourceError | None:
     """A ResourceError that says what to change for an OOM or a failed write; None for anything else."""
     if is_out_of_memory(e):
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
         return ResourceError(f"{gen_field} ran out of memory ({first}); lower {gen_field}.train.batch_size "
                              "or the model's channels, or train on a device with more memory")
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
@@ -152,7 +152,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
         model = build_model(arch, ckpt["num_classes"], ckpt["input_shape"][0])
         model.load_state_dict(ckpt["state_dict"])
     except Exception as e:  # truncated file, foreign pickle, missing keys, shape mismatch
-        first = str(e).splitlines()[0][:200] if str(e) else ""
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
         raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {first})") from None
     return model.eval(), arch, ckpt
 

@@ -122,7 +122,7 @@ def load_train_state(path: Path | None, device: torch.device | str = "cpu") -> d
             raise ValueError("not a kdchain training state")
     except Exception as e:  # truncated file, foreign pickle
         raise StateUnreadable(f"resume state {path} is unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+                              f"{next((x.strip() for x in str(e).splitlines() if x.strip()), '')[:160]})") from None
     return state
 
 

@@ -7,6 +7,7 @@ the dotted field path and what is expected.
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -210,13 +211,18 @@ class ChainSpec(Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
+# the names pydantic gives union members in an error's loc ("constrained-int", "list[...]"): not field names
+_UNION_MEMBER = re.compile(r"^(constrained|function|lax|strict|json)-\w+$|^(int|float|str|bool|none|list|dict|"
+                           r"tuple|nullable|tagged-union|cnn|derive|ce|kd|feature|digits)$")
+
+
 def _format_loc(loc: tuple) -> str:
     # pydantic puts union tags ("cnn", "function-after[...]") into loc; keep the field path only
     parts = []
     for p in loc:
         if isinstance(p, int):
             parts.append(str(p))
-        elif isinstance(p, str) and not any(c in p for c in "[]()") and p not in ("cnn", "derive", "ce", "kd", "feature", "digits"):
+        elif isinstance(p, str) and not any(c in p for c in "[]()") and not _UNION_MEMBER.match(p):
             parts.append(p)
     return ".".join(parts) or "(top level)"
 
@@ -224,6 +230,7 @@ def _format_loc(loc: tuple) -> str:
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
     """One line per field path: a union's several complaints about one value are joined with "; or "."""
     by_path: dict[str, list[str]] = {}
+    not_type: set[str] = set()
     for e in err.errors():
         path = _format_loc(e["loc"])
         msg = e["msg"]
@@ -236,7 +243,12 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
         msgs = by_path.setdefault(path, [])
         if msg not in msgs:
             msgs.append(msg)
-    return [f"{source}: {path}: {'; or '.join(msgs)}" for path, msgs in by_path.items()]
+        if not e["type"].endswith(("_type", "_parsing")):
+            not_type.add(path)
+    # a union such as `list[int] | int` given a list with a bad item complains at `x.0` (the list branch) and
+    # at `x` ("should be a valid integer", the int branch): the deeper complaint is the one that helps
+    deeper = {p for p in by_path if any(q.startswith(p + ".") for q in by_path) and p not in not_type}
+    return [f"{source}: {path}: {'; or '.join(msgs)}" for path, msgs in by_path.items() if path not in deeper]
 
 
 def apply_override(data: dict, assignment: str) -> None:
