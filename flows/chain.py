@@ -173,7 +173,8 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
         with contextlib.suppress(Exception):  # a store that cannot be written must not hide the first error
             tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         if isinstance(e, Diverged):
-            raise Diverged(f"generation {gen.name}: {e}") from None
+            where = "teacher" if gen.index == 0 else f"generations.{gen.index - 1}"
+            raise Diverged(f"generation {gen.name} ({where}): {e}") from None
         raise
 
     registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)

@@ -98,8 +98,8 @@ def cmd_inspect(args) -> int:
 
 
 def _not_a_run_failure(record) -> bool:
-    return not (record.exc_info and record.name.startswith(("prefect.task_runs", "prefect.flow_runs",
-                                                            "prefect.task_engine", "prefect.flow_engine")))
+    return not (record.levelno >= 40 and record.name.startswith(("prefect.task_runs", "prefect.flow_runs",
+                                                                  "prefect.task_engine", "prefect.flow_engine")))
 
 
 def cmd_run(args) -> int:

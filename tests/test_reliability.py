@@ -151,7 +151,7 @@ def test_a_nan_loss_stops_the_chain_and_registers_nothing(tmp_path, cli_env):
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert re.match(r"kdchain: training diverged: generation A: loss became (nan|inf) in epoch 1 \(term: \w+", lines[0])
+    assert re.match(r"kdchain: training diverged: generation A \(generations.0\): loss became (nan|inf) in epoch 1 \(term: \w+", lines[0])
     client = store(cfg)
     runs = runs_of(client, "diverge")
     chain = next(r for r in runs if r.data.tags.get(KIND) == "chain")
@@ -160,3 +160,106 @@ def test_a_nan_loss_stops_the_chain_and_registers_nothing(tmp_path, cli_env):
     assert set(by_index) == {"0", "1"}  # B and C never started
     assert by_index["1"].info.status == "FAILED" and "epoch 1" in by_index["1"].data.tags["kdchain.error"]
     assert client.search_model_versions("name = 'diverge-student'") == []
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def test_two_chains_started_together_on_one_fresh_store_both_finish_intact(tmp_path, cli_env):
+    uri = f"sqlite:///{tmp_path / 'shared-store' / 'mlflow.db'}"
+    procs = {}
+    for name in ("left", "right"):
+        (tmp_path / name).mkdir()
+        cfg = tiny_chain(tmp_path / name, name=name, epochs=2, tracking={"uri": uri})
+        procs[name] = cli(["run", str(write_config(tmp_path / name, cfg))], cli_env)
+    for name, proc in procs.items():
+        code, out, err = finish(proc)
+        assert code == 0 and "Traceback" not in err, f"{name}:\n{out}\n{err}"
+    client = MlflowClient(uri)
+    for name in procs:
+        runs = runs_of(client, name)
+        assert [r.info.status for r in runs if r.data.tags.get(KIND) == "chain"] == ["FINISHED"]
+        gens = gen_runs(runs)
+        assert len(gens) == 4 and {r.info.status for r in gens} == {"FINISHED"}
+        for r in gens:  # no lost metric: both epochs and every final number of every generation
+            assert epoch_steps(client, r.info.run_id) == [1, 2]
+            assert {"test_accuracy", "params", "latency_ms", "retention"} <= set(r.data.metrics)
+        assert [str(v.version) for v in client.search_model_versions(f"name = '{name}-student'")] == ["1"]
+
+
+# ---------------------------------------------------------------------------------------------- resources
+
+
+def test_a_store_that_cannot_be_written_exits_2_saying_what_to_change(tmp_path, capfd):
+    (tmp_path / "blocker").write_text("a file where the store's folder should be")
+    cfg = tiny_chain(tmp_path, tracking={"uri": f"sqlite:///{tmp_path / 'blocker' / 'store' / 'mlflow.db'}"})
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the MLflow store" in err[0] and "--tracking-uri" in err[0], err
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("options, reason", [("ro", "readonly database|Read-only file system"),
+                                             ("size=24k", "database or disk is full")])
+def test_a_read_only_or_full_store_disk_exits_2(tmp_path, capfd, options, reason):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        cfg = tiny_chain(tmp_path, tracking={"uri": f"sqlite:///{mnt / 'mlflow.db'}"})
+        assert main(["run", str(write_config(tmp_path, cfg))]) == 2
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # lazy: MLflow keeps the file open
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(reason, err[0]) and "free space there" in err[0], err
+
+
+def test_a_model_too_big_for_memory_exits_2_naming_what_to_lower(tmp_path, capfd, prefect_harness):
+    # 200,000 x 200,000 3x3 filters: 1.4 TB of weights; the CPU allocator refuses at once
+    cfg = tiny_chain(tmp_path, name="huge", epochs=1)
+    cfg["teacher"]["model"]["channels"] = [200_000, 200_000]
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("kdchain: teacher ran out of memory (") and "lower teacher.train.batch_size" in err[0]
+    assert "Traceback" not in "\n".join(err)
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+
+
+def test_resume_after_an_interruption_gives_the_weights_of_an_uninterrupted_fit(tmp_path):
+    data = load_data(DigitsData(), 0)
+    train = TrainSpec(epochs=3, batch_size=128, threads=1)
+    arch = CnnArch(channels=[4, 8])
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model(arch, 10, 1), DistillLoss([CeLoss()])
+
+    model, loss = fresh()
+    fit(model, None, loss, data, train, seed=0)
+
+    class Stop(Exception):
+        pass
+
+    def die_after_2(report):
+        if report.epoch == 2:
+            raise Stop
+
+    state = tmp_path / "state.pt"
+    m1, l1 = fresh()
+    with pytest.raises(Stop):
+        fit(m1, None, l1, data, train, seed=0, on_epoch=die_after_2, state_path=state)
+    m2, l2 = fresh()
+    result = fit(m2, None, l2, data, train, seed=0, state_path=state)
+    assert result.resumed_from_epoch == 2 and [r.epoch for r in result.history] == [1, 2, 3]
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    # a truncated state is not trusted: training starts over and still ends at the same weights
+    state.write_bytes(b"PK\x03\x04 truncated")
+    m3, l3 = fresh()
+    assert fit(m3, None, l3, data, train, seed=0, state_path=state).resumed_from_epoch == 0
+    for a, b in zip(model.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(a, b)
