@@ -44,6 +44,7 @@ class EpochReport:
 class FitResult:
     history: list[EpochReport] = field(default_factory=list)
     resumed_from_epoch: int = 0  # epochs restored from state_path instead of trained
+    restored: list[EpochReport] = field(default_factory=list)  # the reports of those epochs, from the state
     train_seconds: float = 0.0
 
 
@@ -170,7 +171,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         gen.set_state(state["batch_rng"].cpu())  # RNG states are CPU byte tensors whatever the map_location
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = result.resumed_from_epoch = state["epoch"]
-        result.history = [EpochReport(**r) for r in state.get("history", [])]
+        result.restored = [EpochReport(**r) for r in state.get("history", [])]
 
     for epoch in range(start_epoch + 1, train.epochs + 1):
         t0 = time.perf_counter()
@@ -208,7 +209,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
             atomic_save({"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": opt.state_dict(),
                          "schedule": sched.state_dict(), "batch_rng": gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                         "history": [_report_dict(r) for r in result.history]}, Path(state_path))
+                         "history": [_report_dict(r) for r in result.restored + result.history]}, Path(state_path))
         if on_epoch is not None:
             on_epoch(report)
     return result
