@@ -6,6 +6,7 @@ re-run after a crash skips the generations that finished. (No `from __future__ i
 Prefect validates the flow's pydantic parameters from the real annotations.)
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from flows import progress
-from kdchain.chain import (ResolvedGeneration, chain_digest, check_chain, checkpoint_ok, file_digest,
-                           generation_key, train_generation)
-from kdchain.engine import Diverged
+from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, check_chain, file_digest,
+                           generation_key, load_checkpoint, train_generation)
+from kdchain.engine import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
 from kdchain.specs import ChainSpec, load_spec
 from kdchain.tracking import Tracker, resolve_uri
@@ -62,15 +63,25 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
     gen = check_chain(spec)[index]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        saved = load_train_state(out / "train_state.pt")
+    except StateUnreadable as e:  # cannot resume: start over in a new run (the old one is ended as KILLED)
+        progress.note(f"{gen.name}: {e}; training {gen.name} from epoch 1")
+        (out / "train_state.pt").unlink()
+        saved = None
     run_id = _generation_run(tracker, spec, gen, teacher, cache_key, parent_run_id, out)
+    if saved is not None:
+        tracker.backfill_epochs(run_id, {r["epoch"]: _epoch_metrics(r["train_loss"], r["val_accuracy"], r["parts"])
+                                         for r in saved.get("history", [])})
+        progress.note(f"{gen.name}: resuming after epoch {saved['epoch']}/{gen.train.epochs} "
+                      f"(MLflow run {run_id[:8]} continued)")
 
     t_track = 0.0
 
     def on_epoch(report):
         nonlocal t_track
         t0 = time.perf_counter()
-        tracker.log_epoch(run_id, report.epoch, {"train_loss": report.train_loss, "val_accuracy": report.val_accuracy,
-                                                 **{f"loss_{k}": v for k, v in report.parts.items()}})
+        tracker.log_epoch(run_id, report.epoch, _epoch_metrics(report.train_loss, report.val_accuracy, report.parts))
         t_track += time.perf_counter() - t0
         progress.epoch(gen.name, report)
 
@@ -94,6 +105,10 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
                             checkpoint=outcome.checkpoint, checkpoint_digest=file_digest(Path(outcome.checkpoint)),
                             model_uri=model_uri, metrics=metrics,
                             seconds={**outcome.seconds, "tracking": t_track})
+
+
+def _epoch_metrics(train_loss: float, val_accuracy: float, parts: dict[str, float]) -> dict[str, float]:
+    return {"train_loss": train_loss, "val_accuracy": val_accuracy, **{f"loss_{k}": v for k, v in parts.items()}}
 
 
 def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, teacher: GenerationResult | None,
@@ -136,8 +151,13 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
             key = generation_key(spec, gen, teacher.checkpoint_digest if teacher else None)
             out_dir = generation_dir(spec, gen, key)
             # reuse only what is really there: a finished MLflow run and a checkpoint that loads
-            usable = (not fresh and tracker.finished_generation(chain_run_id, key) is not None
-                      and checkpoint_ok(out_dir / "model.pt"))
+            usable = not fresh and tracker.finished_generation(chain_run_id, key) is not None
+            if usable:
+                try:
+                    load_checkpoint(out_dir / "model.pt")
+                except CheckpointError as e:
+                    progress.note(f"{gen.name}: {e}; retraining {gen.name}")
+                    usable = False
             task_ = distill_generation.with_options(result_storage=storage, refresh_cache=not usable)
             state = task_(spec, gen.name, gen.index, teacher, results[0].metrics["test_accuracy"] if results else None,
                           key, str(out_dir.resolve()), chain_run_id, uri, return_state=True)
@@ -145,12 +165,16 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
             if state.name == "Cached":
                 reused.append(gen.name)
                 progress.reused(gen.name, result)
+            else:  # a retrain replaces any earlier finished run of this generation: it must not count twice
+                tracker.supersede(chain_run_id, gen.index, result.run_id)
             results.append(result)
             teacher = result
     except BaseException as e:
-        tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):  # a store that cannot be written must not hide the first error
+            tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         if isinstance(e, Diverged):
-            raise Diverged(f"generation {gen.name}: {e}") from None
+            where = "teacher" if gen.index == 0 else f"generations.{gen.index - 1}"
+            raise Diverged(f"generation {gen.name} ({where}): {e}") from None
         raise
 
     registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)

@@ -97,6 +97,11 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _not_a_run_failure(record) -> bool:
+    return not (record.levelno >= 40 and record.name.startswith(("prefect.task_runs", "prefect.flow_runs",
+                                                                  "prefect.task_engine", "prefect.flow_engine")))
+
+
 def cmd_run(args) -> int:
     from flows import server
 
@@ -113,8 +118,16 @@ def cmd_run(args) -> int:
 
     # MLflow's INFO/WARNING chatter (registration notices, the pickle-format caution) would break the progress bars
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # Prefect prints a failed task's or flow's traceback on the console; this command reports the failure in one
+    # line instead (the Prefect API still receives the full log)
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_not_a_run_failure)
     from kdchain.tracking import StoreError
 
+    from kdchain.tracking import prepare_store, resolve_uri
+
+    prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
     t0 = time.time()
     progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
                            + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
@@ -225,14 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
-        from kdchain.chain import CheckpointError
+        from kdchain.chain import CheckpointError, ResourceError, resource_error
         from kdchain.engine import Diverged
-        from kdchain.tracking import StoreError
+        from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
-        if isinstance(e, (CheckpointError, StoreError)):
+        if isinstance(e, (CheckpointError, StoreError, ResourceError)):
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)
+        known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
+        if known is not None:
+            return _fail(f"kdchain: {known}")
         raise
 
 

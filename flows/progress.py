@@ -52,3 +52,9 @@ def reused(name: str, result) -> None:
     if _bar is not None:
         console.print(f"{name:>8} already trained in an earlier run: reused "
                       f"(test accuracy {result.metrics['test_accuracy']:.2%}, MLflow run {result.run_id[:8]})")
+
+
+def note(text: str) -> None:
+    """One line about what the chain does beyond training (resuming, retraining a bad checkpoint)."""
+    if _bar is not None:
+        console.print(text, soft_wrap=True)  # one line, however long its paths

@@ -4,6 +4,7 @@ Orchestration (flows/) calls `train_generation` once per generation and passes c
 tracking (kdchain.tracking) records what it returns. Nothing here imports prefect or mlflow.
 """
 
+import errno
 import hashlib
 import json
 import time
@@ -72,10 +73,12 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     except SpecError as e:
         raise SpecError([f"{source}: {line}" for line in e.lines]) from None
     input_shape, num_classes = input_info(spec.data)
+    # on the meta device: node names need no weights, and a huge model must not allocate them just to be checked
     models = []
     for g in gens:
         try:
-            models.append(build_model(g.arch, num_classes, input_shape[0]))
+            with torch.device("meta"):
+                models.append(build_model(g.arch, num_classes, input_shape[0]))
         except SpecError as e:  # freeze prefixes, channel counts: name the generation's field
             raise SpecError([f"{source}: {arch_field(g, line)}" for line in e.lines]) from None
     problems = []
@@ -142,6 +145,35 @@ class CheckpointError(Exception):
     pass
 
 
+class ResourceError(Exception):
+    """Out of memory or out of disk: the message says what to change."""
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's OOM on any device: torch.OutOfMemoryError, or a RuntimeError from the CPU allocator."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("not enough memory" in text or "DefaultCPUAllocator" in text
+                                            or "out of memory" in text)
+
+
+def resource_error(e: BaseException, gen_field: str) -> ResourceError | None:
+    """A ResourceError that says what to change for an OOM or a failed write; None for anything else."""
+    if is_out_of_memory(e):
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+        return ResourceError(f"{gen_field} ran out of memory ({first}); lower {gen_field}.train.batch_size "
+                             "or the model's channels, or train on a device with more memory")
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        where = e.filename or "the workdir"
+        return ResourceError(f"cannot write {where} ({e.strerror}); free space there or set `workdir:` "
+                             "to a writable disk with room")
+    return None
+
+
 def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
     """(model in eval mode, its Arch, the raw checkpoint); read with weights_only=True, never unpickling code."""
     path = Path(path)
@@ -153,8 +185,8 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
         model = build_model(arch, ckpt["num_classes"], ckpt["input_shape"][0])
         model.load_state_dict(ckpt["state_dict"])
     except Exception as e:  # truncated file, foreign pickle, missing keys, shape mismatch
-        raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "delete it to retrain that generation") from None
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
+        raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {first})") from None
     return model.eval(), arch, ckpt
 
 
@@ -194,7 +226,20 @@ def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module |
 
 def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
                      on_epoch: Callable[[EpochReport], None] | None = None) -> tuple[GenerationOutcome, nn.Module]:
-    """Train generation `index` (0 = teacher) and write `out_dir/model.pt`; returns its outcome and model."""
+    """Train generation `index` (0 = teacher) and write `out_dir/model.pt`; returns its outcome and model.
+
+    Running out of memory or disk raises ResourceError, naming the spec field to change."""
+    try:
+        return _train_generation(spec, index, teacher_checkpoint, out_dir, on_epoch)
+    except Exception as e:
+        err = resource_error(e, "teacher" if index == 0 else f"generations.{index - 1}")
+        if err is None:
+            raise
+        raise err from None
+
+
+def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
+                      on_epoch: Callable[[EpochReport], None] | None) -> tuple[GenerationOutcome, nn.Module]:
     gen = resolve_chain(spec)[index]
     device = pick_device(spec.device)
     data = load_data(spec.data, spec.seed)

@@ -34,6 +34,10 @@ class Diverged(RuntimeError):
     """A non-finite loss; the message names the epoch and the loss term."""
 
 
+class StateUnreadable(Exception):
+    """A resume state that cannot be read (truncated, foreign); training starts the generation over."""
+
+
 @dataclass
 class EpochReport:
     epoch: int  # 1-based
@@ -48,6 +52,7 @@ class EpochReport:
 class FitResult:
     history: list[EpochReport] = field(default_factory=list)
     resumed_from_epoch: int = 0  # epochs restored from state_path instead of trained
+    restored: list[EpochReport] = field(default_factory=list)  # the reports of those epochs, from the state
     train_seconds: float = 0.0
     teacher: str = "none"  # how the teacher's outputs were obtained: none, cached, or live (and why)
     cache_seconds: float = 0.0  # time to fill the teacher-output cache
@@ -207,6 +212,28 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_train_state(path: Path | None, device: torch.device | str = "cpu") -> dict | None:
+    """The state `fit` saved after its last finished epoch, or None when there is none.
+
+    Read with weights_only=True: tensors, numbers, strings and containers only, never pickled code.
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("not a kdchain training state")
+    except Exception as e:  # truncated file, foreign pickle
+        raise StateUnreadable(f"resume state {path} is unreadable ({type(e).__name__}: "
+                              f"{next((x.strip() for x in str(e).splitlines() if x.strip()), '')[:160]})") from None
+    return state
+
+
+def _report_dict(r: EpochReport) -> dict:
+    return {"epoch": r.epoch, "epochs": r.epochs, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy,
+            "parts": dict(r.parts), "seconds": r.seconds}
+
+
 def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train: TrainSpec,
         seed: int = 0, on_epoch: Callable[[EpochReport], None] | None = None,
         device: torch.device | str = "cpu", state_path: Path | None = None,
@@ -255,15 +282,20 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
     sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
 
     start_epoch = 0
-    if state_path is not None and Path(state_path).is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+    try:
+        state = load_train_state(state_path, device)
+    except StateUnreadable:  # the caller has said so; the epochs it held are trained again
+        Path(state_path).unlink(missing_ok=True)
+        state = None
+    if state is not None:
         student.load_state_dict(state["student"])
         loss.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
-        gen.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["batch_rng"].cpu())  # RNG states are CPU byte tensors whatever the map_location
+        torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = result.resumed_from_epoch = state["epoch"]
+        result.restored = [EpochReport(**r) for r in state.get("history", [])]
 
     for epoch in range(start_epoch + 1, train.epochs + 1):
         t0 = time.perf_counter()
@@ -308,7 +340,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         if state_path is not None:
             atomic_save({"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": opt.state_dict(),
                          "schedule": sched.state_dict(), "batch_rng": gen.get_state(),
-                         "torch_rng": torch.get_rng_state(), "epoch": epoch}, Path(state_path))
+                         "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                         "history": [_report_dict(r) for r in result.restored + result.history]}, Path(state_path))
         if on_epoch is not None:
             on_epoch(report)
     return result

@@ -7,6 +7,7 @@ the dotted field path and what is expected.
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -23,7 +24,8 @@ class SpecError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .nan` or `weight: .inf` is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- architectures
@@ -349,7 +351,9 @@ class ChainSpec(Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-_TAGS = ("cnn", "resnet", "torchvision", "derive", "ce", "kd", "feature", "digits", "cifar10", "imagefolder", "marks")
+# the names pydantic gives union members in an error's loc ("constrained-int", "list[...]"): not field names
+_UNION_MEMBER = re.compile(r"^(constrained|function|lax|strict|json)-\w+$|^(int|float|str|bool|none|list|dict|"
+                           r"tuple|nullable|tagged-union|cnn|resnet|torchvision|derive|ce|kd|feature|digits|cifar10|imagefolder|marks)$")
 
 
 def _format_loc(loc: tuple) -> str:
@@ -358,13 +362,15 @@ def _format_loc(loc: tuple) -> str:
     for p in loc:
         if isinstance(p, int):
             parts.append(str(p))
-        elif isinstance(p, str) and not any(c in p for c in "[]()") and p not in _TAGS:
+        elif isinstance(p, str) and not any(c in p for c in "[]()") and not _UNION_MEMBER.match(p):
             parts.append(p)
     return ".".join(parts) or "(top level)"
 
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
-    lines = []
+    """One line per field path: a union's several complaints about one value are joined with "; or "."""
+    by_path: dict[str, list[str]] = {}
+    not_type: set[str] = set()
     for e in err.errors():
         path = _format_loc(e["loc"])
         msg = e["msg"]
@@ -374,8 +380,15 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
             msg = "required field is missing"
         if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
-    return list(dict.fromkeys(lines))
+        msgs = by_path.setdefault(path, [])
+        if msg not in msgs:
+            msgs.append(msg)
+        if not e["type"].endswith(("_type", "_parsing")):
+            not_type.add(path)
+    # a union such as `list[int] | int` given a list with a bad item complains at `x.0` (the list branch) and
+    # at `x` ("should be a valid integer", the int branch): the deeper complaint is the one that helps
+    deeper = {p for p in by_path if any(q.startswith(p + ".") for q in by_path) and p not in not_type}
+    return [f"{source}: {path}: {'; or '.join(msgs)}" for path, msgs in by_path.items() if path not in deeper]
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -383,7 +396,12 @@ def apply_override(data: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise SpecError([f"--set {assignment}: expected dotted.key=value"])
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise SpecError([f"--set {key}: the value {raw!r} is not valid YAML ({getattr(e, 'problem', e)})"]) from None
+    if not key.strip() or any(not p.strip() for p in key.split(".")):
+        raise SpecError([f"--set {assignment}: expected dotted.key=value with no empty parts"])
     parts = key.strip().split(".")
     node: Any = data
     for depth, part in enumerate(parts):

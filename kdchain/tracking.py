@@ -26,6 +26,7 @@ from kdchain.specs import ChainSpec, flatten
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
 TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
+SUPERSEDED = "kdchain.superseded_by"  # a finished generation run that a retrain replaced: compare and caching skip it
 FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
               "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
 
@@ -43,6 +44,23 @@ def sqlite_path(uri: str) -> Path | None:
 
 class StoreError(Exception):
     """The store cannot be used; the message says what to change."""
+
+
+# what SQLite (through SQLAlchemy and MLflow) says when it cannot write, and OS errors of a write
+_STORE_WRITE_ERRORS = ("database or disk is full", "readonly database", "unable to open database file",
+                       "disk I/O error", "No space left on device", "Read-only file system")
+
+
+def as_store_error(e: BaseException, uri: str) -> StoreError | None:
+    """A StoreError saying what to change when `e` is the store failing to write; None otherwise."""
+    text = str(e)
+    reason = next((r for r in _STORE_WRITE_ERRORS if r.lower() in text.lower()), None)
+    if reason is None and isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    if reason is None:
+        return None
+    return StoreError(f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
+                      "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
 
 
 def _pip_requirements() -> list[str]:
@@ -79,9 +97,11 @@ class Tracker:
             with open(lock_path, "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
-        except OSError as e:
-            raise StoreError(f"cannot write the MLflow store at {db.parent} ({e.strerror}); "
-                             "free space there or point --tracking-uri / MLFLOW_TRACKING_URI elsewhere") from None
+        except Exception as e:  # OSError making the folder; SQLite's own errors while migrating
+            err = as_store_error(e, f"sqlite:///{db}")
+            if err is None:
+                raise
+            raise err from None
 
     def _experiment(self, name: str, db: Path | None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -140,9 +160,7 @@ class Tracker:
         return True
 
     def finished_generation(self, parent_id: str, cache_key: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id],
-                                       f"tags.`{PARENT}` = '{parent_id}' and tags.`{CACHE_KEY}` = '{cache_key}' "
-                                       "and attributes.status = 'FINISHED'", max_results=1)
+        runs = self._finished_children(parent_id, f" and tags.`{CACHE_KEY}` = '{cache_key}'")
         return runs[0].info.run_id if runs else None
 
     def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
@@ -166,10 +184,36 @@ class Tracker:
         return run.info.run_id
 
     def log_epoch(self, run_id: str, epoch: int, values: dict[str, float]) -> None:
-        """One call per epoch, queued asynchronously: training does not wait for the store."""
+        """One call per epoch, written before training goes on (a few ms): a `kill -9` must not lose epochs
+        that the resume state already counts as done."""
         ts = _now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in values.items()],
-                              synchronous=False)
+                              synchronous=True)
+
+    def backfill_epochs(self, run_id: str, epochs: dict[int, dict[str, float]]) -> list[int]:
+        """Log the epochs of `epochs` ({epoch: metrics}) whose train_loss step the run lacks: a process killed
+        between saving its resume state and logging the epoch. Returns the epochs logged."""
+        have = {m.step for m in self.client.get_metric_history(run_id, "train_loss")}
+        missing = sorted(e for e in epochs if e not in have)
+        for epoch in missing:
+            self.log_epoch(run_id, epoch, epochs[epoch])
+        return missing
+
+    def supersede(self, parent_id: str, index: int, keep_run_id: str) -> list[str]:
+        """Mark the other finished runs of generation `index` under this chain run as replaced by `keep_run_id`,
+        so that each generation appears once as finished. Returns the runs marked."""
+        marked = []
+        for run in self._finished_children(parent_id):
+            if run.info.run_id != keep_run_id and run.data.tags.get(GENERATION) == str(index):
+                self.client.set_tag(run.info.run_id, SUPERSEDED, keep_run_id)
+                marked.append(run.info.run_id)
+        return marked
+
+    def _finished_children(self, parent_id: str, extra: str = "") -> list:
+        runs = self.client.search_runs([self.experiment_id],
+                                       f"tags.`{PARENT}` = '{parent_id}' and attributes.status = 'FINISHED'{extra}",
+                                       order_by=["attributes.start_time DESC"])
+        return [r for r in runs if SUPERSEDED not in r.data.tags]
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
                           checkpoint: str, step: int = 0) -> str:
@@ -219,9 +263,7 @@ class Tracker:
             if not runs:
                 return None, []
             chain_run_id = runs[0].info.run_id
-        children = self.client.search_runs([self.experiment_id],
-                                           f"tags.`{PARENT}` = '{chain_run_id}' and attributes.status = 'FINISHED'",
-                                           order_by=["attributes.start_time DESC"])
+        children = self._finished_children(chain_run_id)
         rows = {}
         for run in children:
             index = int(run.data.tags.get(GENERATION, -1))
@@ -234,6 +276,13 @@ class Tracker:
 
     def run_url(self, run_id: str, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+def prepare_store(uri: str) -> None:
+    """Create a local SQLite store (once, under a lock) or raise StoreError saying what to change."""
+    db = sqlite_path(uri)
+    if db is not None:
+        Tracker._prepare_sqlite(db)
 
 
 def _store_exists(uri: str) -> bool:
