@@ -1,4 +1,4 @@
-"""The `kdchain` command line: run, validate, inspect, compare, ui.
+"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, ui.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
