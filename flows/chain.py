@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flows import progress
 from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, check_chain, file_digest,
-                           generation_key, load_checkpoint, train_generation)
+                           generation_key, load_checkpoint, pin_teacher, train_generation)
 from kdchain.engine import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
 from kdchain.specs import ChainSpec, load_spec
@@ -132,8 +132,9 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     started = time.time()
     logger = get_run_logger()
     spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
-    gens = check_chain(spec)
     uri = resolve_uri(tracking_uri, spec.tracking.uri)
+    spec = pin_teacher(spec, uri)  # teacher.from models:/x@champion -> models:/x/<version now>: the alias may move
+    gens = check_chain(spec)
     tracker = Tracker(uri, spec.experiment_name())
     chain_run_id, resumed = tracker.chain_run(spec, chain_digest(spec), yaml.safe_dump(spec.model_dump(mode="json"),
                                                                                          sort_keys=False),

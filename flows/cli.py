@@ -1,4 +1,4 @@
-"""The `kdchain` command line: run, validate, inspect, compare, ui.
+"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, ui.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
@@ -153,6 +153,54 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    spec = _load(args)
+    import logging
+
+    from flows.retrain import retrain
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    progress.console.print(f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting Prefect)")
+    progress.enable()
+    try:
+        result = retrain(spec, tracking_uri=args.tracking_uri)
+    finally:
+        progress.disable()
+    champ = (f"champion version {result.champion_before} at {result.champion_test_accuracy:.2%}"
+             if result.champion_before else "no champion yet")
+    progress.console.print(f"{result.model_name} version {result.new_version} at {result.new_test_accuracy:.2%} vs "
+                           f"{champ}: [bold]{result.outcome}[/] ({result.reason})")
+    progress.console.print(f"models:/{result.model_name}@champion is version {result.champion_after}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    spec = _load(args)  # a bad config fails here, before anything is served
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import get_current_settings
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=args.cron)
+    except ValidationError:
+        return _fail(f"kdchain schedule: --cron {args.cron!r} is not a cron expression "
+                     "(five fields: minute hour day month weekday, e.g. '0 3 * * 1' = Mondays 03:00)")
+    api = get_current_settings().api.url
+    if not api:
+        return _fail("kdchain schedule: schedules fire only with a Prefect server: run `prefect server start`, then "
+                     "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export it) and retry")
+    from flows.retrain import retrain
+
+    name = args.name or f"{spec.name}-retrain"
+    parameters = {"config": str(args.config.resolve()), "overrides": args.set or []}
+    if args.tracking_uri:
+        parameters["tracking_uri"] = args.tracking_uri
+    print(f"kdchain: serving deployment retrain/{name} (cron {args.cron!r}) on {api}; Ctrl-C stops serving", flush=True)
+    retrain.serve(name=name, cron=args.cron, parameters=parameters, paused=False,
+                  description=f"Scheduled retraining of {spec.name}: champion moves only for a better model")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from kdchain.tracking import latest_chain_experiment, open_tracker, resolve_uri
 
@@ -215,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", action="store_true", help="list the tappable node names of each generation")
     p.set_defaults(fn=cmd_inspect)
 
+    p = config_cmd("retrain", "train the chain once more; the newcomer replaces the champion only if better")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(fn=cmd_retrain)
+
+    p = config_cmd("schedule", "serve the retrain flow as a Prefect deployment on a cron schedule (needs a server)")
+    p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
+    p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(fn=cmd_schedule)
+
     p = sub.add_parser("compare", help="the generation table of the latest chain run, read back from MLflow")
     p.add_argument("--experiment", help="MLflow experiment (default: that of the latest chain run)")
     p.add_argument("--tracking-uri")
@@ -242,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         from kdchain.engine import Diverged
         from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
-        if isinstance(e, (CheckpointError, StoreError, ResourceError)):
+        from kdchain.tracking import CheckpointSourceError
+
+        if isinstance(e, (CheckpointError, StoreError, ResourceError, CheckpointSourceError)):
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)

@@ -16,7 +16,7 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from kdchain.data import batches, input_info, load_data, missing_data
+from kdchain.data import batches, data_fingerprint, input_info, load_data, missing_data
 from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict, predict_split
 from kdchain.export import export_and_measure
 from kdchain.losses import DistillLoss
@@ -46,7 +46,8 @@ class ResolvedGeneration:
 
 def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     """Teacher first; each student derived from (or written next to) the architecture before it."""
-    gens = [ResolvedGeneration(0, "teacher", spec.teacher.model, [CeLoss(weight=1.0)], spec.teacher.train)]
+    teacher_arch = spec.teacher.model if spec.teacher.from_ is None else read_arch(teacher_source(spec))
+    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train)]
     for i, g in enumerate(spec.generations, start=1):
         teacher_arch = gens[-1].arch
         arch = resolve_student(g.student, teacher_arch)
@@ -128,9 +129,57 @@ def file_digest(path: Path) -> str:
 
 
 def generation_key(spec: ChainSpec, gen: ResolvedGeneration, teacher_digest: str | None) -> str:
-    """What a generation's result depends on: its resolved spec, the data, the seed, its teacher's weights."""
+    """What a generation's result depends on: its resolved spec, the data as it is now (its fingerprint: an image
+    folder that grew changes it), the seed, its teacher's weights (for a loaded teacher: the weights it loads)."""
+    if gen.index == 0 and spec.teacher.from_ is not None:
+        teacher_digest = file_digest(teacher_source(spec))
     return spec_hash({"generation": gen.as_json(), "data": spec.data.model_dump(mode="json"), "seed": spec.seed,
-                      "teacher": teacher_digest})
+                      "teacher": teacher_digest, "data_fingerprint": data_fingerprint(spec.data)})
+
+
+# ---------------------------------------------------------------------------------------------- teacher `from`
+
+
+def is_model_uri(source: str) -> bool:
+    return source.startswith(("models:/", "runs:/"))
+
+
+def teacher_source(spec: ChainSpec, tracking_uri: str | None = None) -> Path | None:
+    """The local checkpoint a `teacher: {from: ...}` names; MLflow URIs are fetched (once) under the workdir."""
+    source = spec.teacher.from_
+    if source is None:
+        return None
+    if is_model_uri(source):
+        from kdchain import tracking  # the only mlflow importer
+
+        uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
+        return tracking.fetch_checkpoint(source, uri, Path(spec.workdir) / "sources")
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SpecError([f"teacher.from: {source!r} is neither a models:/ or runs:/ URI nor an existing checkpoint "
+                         "file; give e.g. models:/<name>@champion or the path of a generation's model.pt"])
+    return path
+
+
+def pin_teacher(spec: ChainSpec, tracking_uri: str | None = None) -> ChainSpec:
+    """`models:/<name>@champion` -> `models:/<name>/<version>` (the alias may move while the chain runs), and the
+    checkpoint fetched now from this store; later look-ups find the file."""
+    source = spec.teacher.from_
+    if source is None or not is_model_uri(source):
+        return spec
+    from kdchain import tracking
+
+    uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
+    if source.startswith("models:/") and "@" in source:
+        spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(
+            update={"from_": tracking.pin_model_uri(source, uri)})})
+    teacher_source(spec, uri)
+    return spec
+
+
+def read_arch(path: Path):
+    """The architecture stored in a kdchain checkpoint (so `derive` works from a loaded teacher)."""
+    return load_checkpoint(path)[1]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -244,6 +293,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     device = pick_device(spec.device)
     data = load_data(spec.data, spec.seed)
     input_shape = data.input_shape
+    if index == 0 and spec.teacher.from_ is not None:
+        return load_teacher_generation(spec, gen, Path(out_dir))
     torch.manual_seed(spec.seed + index)
     student = prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]), gen.arch)
 
@@ -286,6 +337,45 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     return outcome, student.cpu()
+
+
+def load_compatible(spec: ChainSpec, path: Path) -> nn.Module:
+    """A checkpoint's model, checked against the current data (input shape, number of classes)."""
+    model, _, ckpt = load_checkpoint(path)
+    input_shape, num_classes = input_info(spec.data)
+    if tuple(ckpt["input_shape"]) != tuple(input_shape) or ckpt["num_classes"] != num_classes:
+        raise CheckpointError(f"model {path} takes {tuple(ckpt['input_shape'])} inputs with {ckpt['num_classes']} "
+                              f"classes; the data {spec.data.kind} has {tuple(input_shape)} and {num_classes}")
+    return model
+
+
+def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
+    """test_accuracy on the data's current test split, plus params/flops/latency_ms/size_bytes: the numbers a
+    promotion compares. Two models scored by this in the same process are scored on the same split."""
+    model = load_compatible(spec, path)
+    data = load_data(spec.data, spec.seed)
+    with torch.inference_mode():
+        accuracy = evaluate(model, data.test)
+    return {"test_accuracy": accuracy,
+            **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
+
+
+def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: Path) -> tuple[GenerationOutcome, nn.Module]:
+    """Generation 0 from `teacher.from`: evaluated and profiled on the current data, checkpoint copied, not trained."""
+    source = teacher_source(spec)
+    t0 = time.perf_counter()
+    model = load_compatible(spec, source)
+    data = load_data(spec.data, spec.seed)
+    metrics = {"test_accuracy": evaluate(model, data.test), "val_accuracy": evaluate(model, data.val),
+               "teacher_agreement": 1.0}
+    t1 = time.perf_counter()
+    metrics.update({k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()})
+    t2 = time.perf_counter()
+    checkpoint = out_dir / "model.pt"
+    save_checkpoint(checkpoint, model, gen.arch, data.input_shape, data.num_classes)
+    outcome = GenerationOutcome(0, gen.name, describe(gen.arch) + f" (from {spec.teacher.from_})", str(checkpoint),
+                                metrics, [], 0, {"fit": 0.0, "evaluate": t1 - t0, "profile": t2 - t1})
+    return outcome, model
 
 
 def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:

@@ -4,8 +4,10 @@ Small data sets are held as one float tensor per split (N, C, H, W) and sliced b
 in-memory tensors is several times slower and buys nothing here.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import TypeAdapter
 
-from kdchain.specs import DataSpec, DigitsData, canonical_json
+from kdchain.specs import DataSpec, DigitsData, canonical_json, spec_hash
 
 
 @dataclass
@@ -58,17 +60,23 @@ class DataBundle:
 LOADERS: dict[str, Callable[[DataSpec, int], DataBundle]] = {}
 SHAPES: dict[str, Callable[[DataSpec], tuple[tuple[int, int, int], int]]] = {}
 CHECKS: dict[str, Callable[[DataSpec], str | None]] = {}
+FINGERPRINTS: dict[str, Callable[[DataSpec], str]] = {}
 
 
 def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]],
-             check: Callable[[DataSpec], str | None] | None = None):
+             check: Callable[[DataSpec], str | None] | None = None,
+             fingerprint: Callable[[DataSpec], str] | None = None):
     """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`;
-    `check(spec)` -> None, or one sentence saying which files are missing and where they go."""
+    `check(spec)` -> None, or one sentence saying which files are missing and where they go;
+    `fingerprint(spec)` -> a string that changes when the data behind the spec changes (files added, edited):
+    the spec alone does not say that an image folder grew."""
     def wrap(fn):
         LOADERS[kind] = fn
         SHAPES[kind] = shape
         if check is not None:
             CHECKS[kind] = check
+        if fingerprint is not None:
+            FINGERPRINTS[kind] = fingerprint
         return fn
     return wrap
 
@@ -77,18 +85,38 @@ def missing_data(spec: DataSpec) -> str | None:
     return CHECKS[spec.kind](spec) if spec.kind in CHECKS else None
 
 
+def data_fingerprint(spec: DataSpec) -> str:
+    """What the data behind a spec is now: its spec plus its kind's fingerprint. Keys caches and the
+    per-process memo, so a retrain after new files arrived trains on them instead of reusing old results."""
+    fingerprint = FINGERPRINTS.get(spec.kind)
+    return spec_hash({"spec": spec.model_dump(mode="json"), "contents": fingerprint(spec) if fingerprint else None})
+
+
+def files_fingerprint(*paths: str | Path) -> str:
+    """sha256 over (relative path, size, mtime) of every file under `paths`; cheap, and changes when a file is
+    added, removed or rewritten. For folder-backed data sets."""
+    h = hashlib.sha256()
+    for root in map(Path, paths):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(root) if root.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def input_info(spec: DataSpec) -> tuple[tuple[int, int, int], int]:
     """((C, H, W), num_classes) of the data set a spec names."""
     return SHAPES[spec.kind](spec)
 
 
 def load_data(spec: DataSpec, seed: int) -> DataBundle:
-    """The data set a spec names, split with `seed`; memoised per process (a chain loads it once)."""
-    return _load_cached(canonical_json(spec), seed)
+    """The data set a spec names, split with `seed`; memoised per process (a chain loads it once) until the data's
+    fingerprint changes (a long-lived serve process sees the files that arrived since)."""
+    return _load_cached(canonical_json(spec), seed, data_fingerprint(spec))
 
 
 @lru_cache(maxsize=4)
-def _load_cached(spec_json: str, seed: int) -> DataBundle:
+def _load_cached(spec_json: str, seed: int, fingerprint: str) -> DataBundle:
     from kdchain.augment import make_augment
 
     parsed = TypeAdapter(DataSpec).validate_json(spec_json)
@@ -114,7 +142,14 @@ def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     return [(t - mean) / std for t in (train, *others)]
 
 
-@register("digits", shape=lambda spec: ((1, spec.image_size, spec.image_size), 10))
+def _digits_file() -> Path:
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+
+
+@register("digits", shape=lambda spec: ((1, spec.image_size, spec.image_size), 10),
+          fingerprint=lambda spec: files_fingerprint(_digits_file()))
 def load_digits(spec: DigitsData, seed: int) -> DataBundle:
     from sklearn.datasets import load_digits as sk_digits
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdchain.data import DataBundle, Split, register, stratified_split
+from kdchain.data import DataBundle, Split, files_fingerprint, register, stratified_split
 from kdchain.specs import Cifar10Data, ImageFolderData, SpecError
 
 log = logging.getLogger("kdchain.data")
@@ -70,7 +70,8 @@ def _cifar_dataset(root: str, train: bool, download: bool):
     return (CIFAR10 if download else LocalCIFAR10)(root, train=train, download=download)
 
 
-@register("cifar10", shape=lambda spec: ((3, spec.image_size, spec.image_size), 10), check=cifar_missing)
+@register("cifar10", shape=lambda spec: ((3, spec.image_size, spec.image_size), 10), check=cifar_missing,
+          fingerprint=lambda spec: files_fingerprint(Path(spec.root) / "cifar-10-batches-py"))
 def load_cifar10(spec: Cifar10Data, seed: int) -> DataBundle:
     problem = cifar_missing(spec)
     if problem:
@@ -212,7 +213,7 @@ class StreamSplit:
                 yield self.transform(x.to(self.device)), y.to(self.device)
 
 
-@register("imagefolder", shape=_folder_shape)
+@register("imagefolder", shape=_folder_shape, fingerprint=lambda spec: files_fingerprint(spec.root))  # a growing folder retrains
 def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
     classes, files = folder_layout(spec)
     all_items = [it for items in files.values() for it in items]

@@ -226,8 +226,24 @@ def _default_distill() -> list:
 
 
 class TeacherSpec(Strict):
-    model: Arch = Field(description="the teacher's architecture")
+    """Either `model` (+ `train`): a teacher trained on labels; or `from`: an existing model, evaluated, not trained."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    model: Arch | None = Field(None, description="the teacher's architecture (omit with `from`)")
     train: TrainSpec = Field(default_factory=TrainSpec, description="how the teacher is trained (cross-entropy)")
+    from_: str | None = Field(None, alias="from", min_length=1, description=(
+        "start from this model instead of training one: models:/<name>@<alias> or models:/<name>/<version>, "
+        "runs:/<run_id>, or a kdchain checkpoint file (model.pt)"))
+
+    @model_validator(mode="after")
+    def _model_or_from(self):
+        if (self.model is None) == (self.from_ is None):
+            raise ValueError("give either `model` (a teacher to train) or `from` (a model to start from), not both")
+        if self.from_ is not None and "train" in self.model_fields_set:
+            raise ValueError("`train` does not apply to a teacher loaded with `from` (it is not trained); remove it")
+        return self
 
 
 class GenerationSpec(Strict):
@@ -318,6 +334,15 @@ class TrackingSpec(Strict):
     register_as: str | None = Field(None, description="registered model of the last generation; default <name>-student")
 
 
+class PromotionSpec(Strict):
+    """When a retrained model replaces the `champion` (see flows/retrain.py)."""
+
+    min_gain: float = Field(0.005, ge=0.0, le=1.0, description=(
+        "test accuracy the newcomer must gain over the champion, on the same current test split (0.01 = 1 point)"))
+    max_latency_ms: float | None = Field(None, gt=0.0, description="budget: batch-1 CPU latency in ms; null = none")
+    max_size_bytes: int | None = Field(None, gt=0, description="budget: size of the saved weights in bytes; null = none")
+
+
 class ChainSpec(Strict):
     name: str = Field(description="the chain's name: MLflow experiment and model names derive from it",
                       pattern=r"^[A-Za-z0-9_.-]+$")
@@ -325,9 +350,11 @@ class ChainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs")
     workdir: str = Field("mlruns/kdchain", description="checkpoints and cached results (a path every worker reaches)")
     data: DataSpec = Field(description="the data set")
-    teacher: TeacherSpec = Field(description="generation 0, trained from scratch on labels")
+    teacher: TeacherSpec = Field(description="generation 0: trained from scratch on labels, or an existing model (`from`)")
     generations: list[GenerationSpec] = Field(min_length=1, description="students, each distilled from the one before")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where MLflow records the chain")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec,
+                                     description="when `kdchain schedule`/retrain moves the champion alias")
 
     @field_validator("generations")
     @classmethod

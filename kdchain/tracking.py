@@ -10,15 +10,17 @@ import contextlib
 import fcntl
 import io
 import os
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import mlflow
 import torch
+from filelock import FileLock
 import torchvision
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
 from kdchain.specs import ChainSpec, flatten
@@ -283,6 +285,116 @@ def prepare_store(uri: str) -> None:
     db = sqlite_path(uri)
     if db is not None:
         Tracker._prepare_sqlite(db)
+# ---------------------------------------------------------------------------------------------- registry aliases
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class AliasMoved(Exception):
+    """The alias no longer points where the caller last saw it (another retrain promoted meanwhile)."""
+
+
+def alias_version(uri: str, name: str, alias: str) -> tuple[str, str] | None:
+    """(version, run id) of the model version an alias points at, or None (no such model or alias)."""
+    try:
+        mv = MlflowClient(uri).get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(mv.version), mv.run_id
+
+
+def _alias_lock(uri: str, name: str, lock_dir: Path) -> FileLock:
+    # MLflow has no compare-and-set on aliases: every alias move of kdchain takes this lock, beside a local store or
+    # in the chain's workdir (a path every worker reaches), re-reads the alias and only then sets it
+    db = sqlite_path(uri)
+    folder = db.parent if db is not None else Path(lock_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return FileLock(str(folder / f".kdchain-alias-{safe}.lock"), timeout=120)
+
+
+def move_alias(uri: str, name: str, alias: str, version: str, expected: str | None, lock_dir: Path) -> None:
+    """Point `alias` at `version` if it still points at `expected` (None: no holder yet); else raise AliasMoved."""
+    client = MlflowClient(uri)
+    with _alias_lock(uri, name, lock_dir):
+        current = alias_version(uri, name, alias)
+        current_version = current[0] if current is not None else None
+        if current_version != expected:
+            raise AliasMoved(f"{alias} of {name} is version {current_version}, not {expected} as compared against")
+        client.set_registered_model_alias(name, alias, version)
+
+
+def set_alias(uri: str, name: str, alias: str, version: str, lock_dir: Path) -> None:
+    with _alias_lock(uri, name, lock_dir):
+        MlflowClient(uri).set_registered_model_alias(name, alias, version)
+
+
+def record_decision(uri: str, chain_run_id: str, name: str, version: str, tags: dict[str, str],
+                    markdown: str) -> None:
+    """The promotion decision on the chain run (tags + promotion.md) and on the model version (tags)."""
+    client = MlflowClient(uri)
+    client.log_batch(chain_run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()], synchronous=True)
+    client.log_text(chain_run_id, markdown, "promotion.md")
+    for k in ("kdchain.promotion.outcome", "kdchain.promotion.reason"):
+        if k in tags:
+            client.set_model_version_tag(name, version, k, str(tags[k])[:5000])
+
+
+# ---------------------------------------------------------------------------------------------- models as teachers
+
+
+def _parse_model_uri(source: str) -> tuple[str, str | None, str | None]:
+    """models:/<name>@<alias> | models:/<name>/<version> -> (name, alias, version)."""
+    rest = source[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, None, version
+    raise CheckpointSourceError(f"teacher.from: {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+
+
+class CheckpointSourceError(Exception):
+    """A `teacher.from` URI that does not lead to a kdchain checkpoint; the message says why."""
+
+
+def pin_model_uri(source: str, uri: str) -> str:
+    """models:/<name>@<alias> -> models:/<name>/<version it points at now>."""
+    name, alias, version = _parse_model_uri(source)
+    if alias is None:
+        return source
+    mv = alias_version(uri, name, alias)
+    if mv is None:
+        raise CheckpointSourceError(f"teacher.from: {source}: the model {name!r} has no alias {alias!r} in {uri} "
+                                    "(no champion yet? train a teacher first, or run the retrain once)")
+    return f"models:/{name}/{mv[0]}"
+
+
+def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
+    """The kdchain checkpoint (artifact checkpoint/model.pt) of the run behind a models:/ or runs:/ URI, downloaded
+    once under `cache_dir`. A URI with an alias is resolved each time (it moves); versions and runs are immutable."""
+    if source.startswith("models:/"):
+        source = pin_model_uri(source, uri)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source)
+    target = Path(cache_dir) / safe / "model.pt"
+    if target.is_file():
+        return target
+    client = MlflowClient(uri)
+    try:
+        if source.startswith("models:/"):
+            name, _, version = _parse_model_uri(source)
+            run_id = client.get_model_version(name, version).run_id
+        else:  # runs:/<run_id>[/anything]: that run's checkpoint
+            run_id = source[len("runs:/"):].strip("/").split("/")[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none: retrains may race here
+            os.replace(client.download_artifacts(run_id, "checkpoint/model.pt", tmp), target)
+    except mlflow.exceptions.MlflowException as e:
+        raise CheckpointSourceError(f"teacher.from: {source}: cannot fetch its kdchain checkpoint from {uri} "
+                                    f"({str(e).splitlines()[0][:200]}); only models logged by kdchain can be teachers "
+                                    "through `from`") from None
+    return target
 
 
 def _store_exists(uri: str) -> bool:

@@ -1,0 +1,104 @@
+"""Scheduled retraining: run the chain on the data as it is now, then let the newcomer replace `champion` only
+if it beats it on today's test split and fits the budget (the spec's `promotion` section).
+
+`kdchain schedule CONFIG --cron EXPR` serves this flow as a Prefect deployment; prefect.yaml declares the same
+for a process work pool. Every decision lands on the chain's MLflow run (tags kdchain.promotion.*, artifact
+promotion.md), on the model version (tags) and in Prefect (a markdown artifact). A chain that fails raises
+before any alias is touched. (No `from __future__ import annotations`: Prefect reads the real annotations.)
+"""
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from flows.chain import ChainResult, distill_chain
+from kdchain import tracking
+from kdchain.chain import score_checkpoint
+from kdchain.data import data_fingerprint
+from kdchain.promotion import (CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown,
+                               decision_tags)
+from kdchain.specs import ChainSpec, load_spec
+
+
+class RetrainResult(BaseModel):
+    chain_run_id: str
+    model_name: str
+    new_version: str
+    outcome: str  # promoted | challenger | unchanged
+    reason: str
+    new_test_accuracy: float
+    champion_before: str | None  # version compared against
+    champion_test_accuracy: float | None
+    champion_after: str | None
+
+
+@task(name="score-candidates")
+def score_candidates(spec: ChainSpec, uri: str, name: str, version: str, run_id: str,
+                     checkpoint: str) -> tuple[Candidate, Candidate | None]:
+    """The newcomer and the current champion, scored side by side on the same current test split and machine."""
+    new = Candidate(version, run_id, score_checkpoint(spec, Path(checkpoint)))
+    held = tracking.alias_version(uri, name, tracking.CHAMPION)
+    if held is None:
+        return new, None
+    held_version, held_run = held
+    path = tracking.fetch_checkpoint(f"models:/{name}/{held_version}", uri, Path(spec.workdir) / "sources")
+    return new, Candidate(held_version, held_run, score_checkpoint(spec, path))
+
+
+@task(name="apply-decision")
+def apply_decision(spec: ChainSpec, uri: str, name: str, new: Candidate, champion: Candidate | None,
+                   decision: Decision) -> tuple[Decision, str | None]:
+    """Move the aliases. `champion` moves only if it still points at the version compared against (under a lock:
+    two concurrent retrains cannot both promote); the loser of that race becomes challenger."""
+    lock_dir = Path(spec.workdir)
+    if decision.outcome == PROMOTED:
+        try:
+            tracking.move_alias(uri, name, tracking.CHAMPION, new.version,
+                                expected=champion.version if champion else None, lock_dir=lock_dir)
+        except tracking.AliasMoved as e:
+            decision = Decision(CHALLENGER, decision.reasons + [f"not promoted: {e} (another retrain promoted "
+                                                                "meanwhile; the next retrain compares against it)"],
+                                decision.gain)
+    if decision.outcome == CHALLENGER:
+        tracking.set_alias(uri, name, tracking.CHALLENGER, new.version, lock_dir=lock_dir)
+    after = tracking.alias_version(uri, name, tracking.CHAMPION)
+    return decision, after[0] if after else None
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
+            fresh: bool = True) -> RetrainResult:
+    """Retrain the chain, score newcomer vs champion on today's test split, promote or mark challenger.
+
+    `fresh=True` by default: a scheduled retrain trains every generation again and gets its own chain run (with its
+    own decision tags). The cache key does include the data's fingerprint, so `fresh=False` reuses generations only
+    when neither config nor data changed, and then the newcomer is the champion itself (outcome: unchanged).
+    """
+    logger = get_run_logger()
+    spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
+    uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
+    name = spec.registered_name()
+    # a failure anywhere in the chain raises here: no alias has been touched
+    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh)
+    final = chain.generations[-1]
+    version = chain.registered.rsplit("/", 1)[1]
+
+    new, champion = score_candidates(spec, uri, name, version, final.run_id, final.checkpoint)
+    decision = decide(new, champion, spec.promotion)
+    decision, champion_after = apply_decision(spec, uri, name, new, champion, decision)
+
+    tags = decision_tags(new, champion, decision, spec.promotion, data_fingerprint(spec.data))
+    markdown = decision_markdown(name, new, champion, decision, spec.promotion, champion_after)
+    tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+    create_markdown_artifact(markdown=markdown, key=f"{slug}-promotion",
+                             description=f"Promotion decision for {name} version {version}: {decision.outcome}")
+    logger.info("%s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
+    return RetrainResult(chain_run_id=chain.chain_run_id, model_name=name, new_version=version,
+                         outcome=decision.outcome, reason=decision.reason,
+                         new_test_accuracy=new.scores["test_accuracy"],
+                         champion_before=champion.version if champion else None,
+                         champion_test_accuracy=champion.scores["test_accuracy"] if champion else None,
+                         champion_after=champion_after)

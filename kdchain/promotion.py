@@ -1,0 +1,110 @@
+"""Whether a retrained model replaces the champion: a pure rule over two score sheets, and its record.
+
+Both models are scored by `kdchain.chain.score_checkpoint` on the same current test split; the rule is the chain
+spec's `promotion` section. Applying the decision (moving aliases) is kdchain.tracking's job, under a lock.
+"""
+
+from dataclasses import dataclass, field
+
+from kdchain.specs import PromotionSpec
+
+PROMOTED, CHALLENGER, UNCHANGED = "promoted", "challenger", "unchanged"
+
+
+@dataclass
+class Candidate:
+    version: str  # registered model version
+    run_id: str  # the generation run that produced it
+    scores: dict[str, float]  # test_accuracy, latency_ms, size_bytes, params, flops
+
+
+@dataclass
+class Decision:
+    outcome: str  # promoted | challenger | unchanged
+    reasons: list[str] = field(default_factory=list)
+    gain: float | None = None  # newcomer - champion test accuracy; None without a champion
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def describe_rule(rule: PromotionSpec) -> str:
+    parts = [f"test accuracy >= champion + {rule.min_gain:g} (and higher)"]
+    if rule.max_latency_ms is not None:
+        parts.append(f"latency <= {rule.max_latency_ms:g} ms")
+    if rule.max_size_bytes is not None:
+        parts.append(f"size <= {rule.max_size_bytes:,} B")
+    return "promote if " + " and ".join(parts) + "; the first model within the budget becomes champion"
+
+
+def budget_problems(scores: dict[str, float], rule: PromotionSpec) -> list[str]:
+    problems = []
+    if rule.max_latency_ms is not None and scores["latency_ms"] > rule.max_latency_ms:
+        problems.append(f"latency {scores['latency_ms']:.3f} ms exceeds the budget of {rule.max_latency_ms:g} ms")
+    if rule.max_size_bytes is not None and scores["size_bytes"] > rule.max_size_bytes:
+        problems.append(f"size {scores['size_bytes']:,.0f} B exceeds the budget of {rule.max_size_bytes:,} B")
+    return problems
+
+
+def decide(new: Candidate, champion: Candidate | None, rule: PromotionSpec) -> Decision:
+    if champion is not None and champion.version == new.version:
+        return Decision(UNCHANGED, [f"version {new.version} already is the champion"], 0.0)
+    problems = budget_problems(new.scores, rule)
+    if champion is None:
+        if problems:
+            return Decision(CHALLENGER, ["no champion yet, but " + "; ".join(problems)])
+        return Decision(PROMOTED, ["no champion yet and the newcomer meets the budget"])
+    gain = new.scores["test_accuracy"] - champion.scores["test_accuracy"]
+    # a gain within float noise of min_gain counts as reaching it (accuracies are ratios of small counts)
+    if gain <= 0 or gain < rule.min_gain - 1e-9:
+        problems.insert(0, f"test accuracy {new.scores['test_accuracy']:.4f} vs champion "
+                           f"{champion.scores['test_accuracy']:.4f}: gain {gain:+.4f} is below the required "
+                           f"{rule.min_gain:g}")
+    if problems:
+        return Decision(CHALLENGER, problems, gain)
+    return Decision(PROMOTED, [f"test accuracy {new.scores['test_accuracy']:.4f} beats champion "
+                               f"{champion.scores['test_accuracy']:.4f} by {gain:+.4f} (>= {rule.min_gain:g}) "
+                               "within the budget"], gain)
+
+
+def decision_tags(new: Candidate, champion: Candidate | None, decision: Decision, rule: PromotionSpec,
+                  data_fingerprint: str) -> dict[str, str]:
+    """What the chain run carries (MLflow tags), so the UI's run table shows every decision."""
+    tags = {"kdchain.promotion.outcome": decision.outcome, "kdchain.promotion.reason": decision.reason,
+            "kdchain.promotion.rule": describe_rule(rule), "kdchain.promotion.new_version": new.version,
+            "kdchain.promotion.new_test_accuracy": f"{new.scores['test_accuracy']:.6f}",
+            "kdchain.promotion.data_fingerprint": data_fingerprint,
+            "kdchain.promotion.champion_version": champion.version if champion else "none",
+            "kdchain.promotion.champion_test_accuracy":
+                f"{champion.scores['test_accuracy']:.6f}" if champion else "none"}
+    if decision.gain is not None:
+        tags["kdchain.promotion.gain"] = f"{decision.gain:+.6f}"
+    return tags
+
+
+def decision_markdown(model_name: str, new: Candidate, champion: Candidate | None, decision: Decision,
+                      rule: PromotionSpec, champion_after: str | None) -> str:
+    def row(label: str, c: Candidate | None) -> str:
+        if c is None:
+            return f"| {label} | - | - | - | - | - |"
+        s = c.scores
+        return (f"| {label} | {c.version} | {s['test_accuracy']:.4f} | {s['latency_ms']:.3f} | "
+                f"{s['size_bytes']:,.0f} | {s['params']:,.0f} |")
+
+    return "\n".join([
+        f"# Promotion decision: {model_name}",
+        "",
+        f"**Outcome: {decision.outcome}** — {decision.reason}",
+        "",
+        "| model | version | test accuracy | latency ms | size B | params |",
+        "|---|---|---|---|---|---|",
+        row("newcomer", new),
+        row("champion (compared against)", champion),
+        "",
+        f"Rule: {describe_rule(rule)}.",
+        "",
+        f"`models:/{model_name}@champion` is now version {champion_after or 'unset'}"
+        + (f"; `@challenger` is version {new.version}." if decision.outcome == CHALLENGER else "."),
+        "",
+    ])
