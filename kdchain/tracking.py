@@ -246,6 +246,26 @@ class Tracker:
                            **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
         return chain_run_id, [rows[i] for i in sorted(rows)]
 
+    def chain_summaries(self) -> list[dict]:
+        """Every chain run of the experiment, newest first, with its final (last finished) student's metrics."""
+        out = []
+        for run in self.chain_runs():
+            _, rows = self.generation_table(run.info.run_id)
+            final = rows[-1] if rows else {}
+            out.append({"chain_run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+                        "started": datetime.fromtimestamp(run.info.start_time / 1000).isoformat(timespec="seconds"),
+                        "generations": len(rows), "teacher_test_accuracy": rows[0]["test_accuracy"] if rows else None,
+                        "final": final.get("name"), "final_summary": final.get("summary"),
+                        "final_run_id": final.get("run_id"), **{k: final.get(k) for k in FINAL_KEYS}})
+        return out
+
+    def chain_run_exists(self, run_id: str) -> bool:
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return run.info.experiment_id == self.experiment_id and run.data.tags.get(KIND) == "chain"
+
     def run_url(self, run_id: str, host: str = DEFAULT_UI) -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
@@ -306,6 +326,17 @@ def open_tracker(uri: str, experiment: str) -> Tracker | None:
         return None
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     return Tracker(uri, experiment, experiment_id=exp.experiment_id) if exp else None
+
+
+def experiment_of_run(uri: str, run_id: str) -> str | None:
+    """The experiment name of a run in the store, or None when there is no such run."""
+    if not _store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def latest_chain_experiment(uri: str) -> str | None:
