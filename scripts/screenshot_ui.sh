@@ -5,7 +5,7 @@
 #     STORE_URI  default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db (the project's store)
 #     OUT.png    default: docs/mlflow-runs.png
 #     PORT       default: a free port on 127.0.0.1
-#   env: PYTHON (default: python3), CHROMIUM (default: chromium), WINDOW (default: 1600,1400),
+#   env: PYTHON (default: python3), CHROMIUM (default: chromium), WINDOW (default: 1600,2700: the compare view, metrics included),
 #        WAIT_MS (longest wait for the page to show the generations, default 180000), VIEW=compare|generations|runs (default compare: MLflow's
 #        compare view of the latest chain's generations, their params and metrics side by side; generations: the
 #        runs page filtered to them; runs: the experiment's runs page as it opens)
@@ -18,7 +18,7 @@ CHROMIUM=${CHROMIUM:-chromium}
 URI=${1:-${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db}}
 OUT=${2:-docs/mlflow-runs.png}
 PORT=${3:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-WINDOW=${WINDOW:-1600,1400}
+WINDOW=${WINDOW:-1600,2700}
 WAIT_MS=${WAIT_MS:-180000}
 VIEW=${VIEW:-compare}
 BASE="http://127.0.0.1:$PORT"
@@ -106,7 +106,7 @@ try:
         call("Runtime.evaluate", expression="""[...document.querySelectorAll('button')].filter(b =>
             /close/i.test(b.getAttribute('aria-label') || '') && b.getBoundingClientRect().left > innerWidth * 0.6
             && b.getBoundingClientRect().top < 80).forEach(b => b.click())""")
-        time.sleep(3)  # let the table re-layout
+        time.sleep(3)  # let the page re-layout
         shot = call("Page.captureScreenshot", format="png")
         Path(out).write_bytes(base64.b64decode(shot["data"]))
 finally:
