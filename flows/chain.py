@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from flows import progress
@@ -21,7 +21,7 @@ from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, ch
 from kdchain.engine import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
 from kdchain.specs import ChainSpec, load_spec
-from kdchain.tracking import Tracker, resolve_uri
+from kdchain.tracking import Tracker, resolve_uri, ui_base
 
 
 class GenerationResult(BaseModel):
@@ -93,6 +93,7 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         progress.stop(gen.name)
         raise
     progress.stop(gen.name)
+    tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()
@@ -179,7 +180,9 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
         raise
 
     registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)
-    _table_artifact(spec, results, tracker)
+    host = ui_base(uri, spec.tracking.ui_url)
+    tracker.log_chain_report(chain_run_id, spec.name, host)
+    _table_artifact(spec, results, tracker, chain_run_id, host)
     tracker.finish_chain(chain_run_id, metrics={f"{r.name}.test_accuracy": r.metrics["test_accuracy"]
                                                 for r in results})
     return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
@@ -187,8 +190,22 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                        flow_started=started, seconds=time.time() - started)
 
 
-def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker) -> None:
+def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker, chain_run_id: str,
+                    host: str) -> None:
+    """In the Prefect UI: the generation table (a table and, with clickable links, markdown) and a link to the
+    MLflow experiment's runs page."""
     rows = [{"generation": r.name, "architecture": r.summary, **{k: round(v, 4) for k, v in r.metrics.items()},
-             "mlflow_run": tracker.run_url(r.run_id)} for r in results]
-    key = "".join(c if c.isalnum() else "-" for c in spec.name.lower()) + "-generations"
-    create_table_artifact(table=rows, key=key, description=f"Generations of chain {spec.name}")
+             "mlflow_run": tracker.run_url(r.run_id, host)} for r in results]
+    key = "".join(c if c.isalnum() else "-" for c in spec.name.lower())
+    create_table_artifact(table=rows, key=f"{key}-generations", description=f"Generations of chain {spec.name}")
+    cols = ["test_accuracy", "params", "latency_ms", "retention", "teacher_agreement"]
+    md = [f"# {spec.name}: generations", "",
+          f"MLflow: [experiment runs]({tracker.experiment_url(host)}) · [chain run]({tracker.run_url(chain_run_id, host)})",
+          "", "| generation | architecture | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for r in results:
+        md.append(f"| [{r.name}]({tracker.run_url(r.run_id, host)}) | {r.summary} | "
+                  + " | ".join(f"{r.metrics.get(c, float('nan')):.4g}" for c in cols) + " |")
+    create_markdown_artifact("\n".join(md), key=f"{key}-generations-md",
+                             description=f"Generations of chain {spec.name}, linked to their MLflow runs")
+    create_link_artifact(tracker.experiment_url(host), link_text=f"MLflow experiment {spec.experiment_name()}",
+                         key=f"{key}-mlflow", description="the chain's runs in the MLflow UI")

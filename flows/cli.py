@@ -19,6 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 from rich.table import Table  # noqa: E402
 
 from flows import progress  # noqa: E402
+from flows.views import add_compare_args, add_ui_args  # noqa: E402
 from kdchain.specs import SpecError, load_spec  # noqa: E402
 
 EXIT_USAGE = 2
@@ -202,36 +203,15 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from kdchain.tracking import latest_chain_experiment, open_tracker, resolve_uri
+    from flows.views import cmd_compare as compare
 
-    uri = resolve_uri(args.tracking_uri)
-    experiment = args.experiment or latest_chain_experiment(uri)
-    if experiment is None:
-        return _fail(f"kdchain compare: no chain runs in {uri}; run `kdchain run CONFIG` first")
-    tracker = open_tracker(uri, experiment)
-    if tracker is None:
-        return _fail(f"kdchain compare: no experiment {experiment!r} in {uri}")
-    chain_run_id, rows = tracker.generation_table()
-    if args.json:
-        print(json.dumps({"experiment": experiment, "chain_run_id": chain_run_id, "generations": rows}, indent=2))
-        return 0
-    progress.console.print(generation_table(rows, f"{experiment}: chain run {chain_run_id}"))
-    return 0
+    return compare(args, generation_table)
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    from flows.views import cmd_ui as ui
 
-    from kdchain.tracking import resolve_uri
-
-    uri = resolve_uri(args.tracking_uri)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C stops it")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    return ui(args)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -273,15 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=cmd_schedule)
 
-    p = sub.add_parser("compare", help="the generation table of the latest chain run, read back from MLflow")
-    p.add_argument("--experiment", help="MLflow experiment (default: that of the latest chain run)")
-    p.add_argument("--tracking-uri")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("compare", help="the generation table of the latest (or one, or every) chain run, from MLflow")
+    add_compare_args(p)
     p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1")
-    p.add_argument("--tracking-uri")
-    p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
+    add_ui_args(p)
     p.set_defaults(fn=cmd_ui)
     return parser
 

@@ -261,6 +261,8 @@ class GenerationOutcome:
     resumed_from_epoch: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # fit, evaluate, profile, teacher_cache
     teacher_outputs: str = "none"  # how the teacher's outputs were obtained (engine's teacher-output cache)
+    confusion: list[list[int]] = field(default_factory=list)  # (K, K) test counts: row = true, column = predicted
+    class_names: list[str] = field(default_factory=list)
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -314,6 +316,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     test = data.test.to(device)
     test_logits, test_y = predict_split(student, test)
     test_pred = test_logits.argmax(1)
+    k = data.num_classes
+    confusion = torch.bincount(test_y * k + test_pred, minlength=k * k).view(k, k).tolist()
     metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
                "val_accuracy": evaluate(student, data.val.to(device))}
     if teacher is not None:
@@ -336,6 +340,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
                                 {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
+    outcome.confusion, outcome.class_names = confusion, list(data.class_names)
     return outcome, student.cpu()
 
 

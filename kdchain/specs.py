@@ -332,6 +332,9 @@ class TrackingSpec(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///mlruns/mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment; default: the chain's name")
     register_as: str | None = Field(None, description="registered model of the last generation; default <name>-student")
+    ui_url: str | None = Field(None, description="base URL of the MLflow UI that links (Prefect artifacts) point to; "
+                               "default: the tracking URI when it is http(s), else http://127.0.0.1:5000 (`kdchain ui`)",
+                               pattern=r"^https?://")
 
 
 class PromotionSpec(Strict):

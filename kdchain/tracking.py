@@ -23,12 +23,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
+from kdchain import plots
 from kdchain.specs import ChainSpec, flatten
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
 TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
 SUPERSEDED = "kdchain.superseded_by"  # a finished generation run that a retrain replaced: compare and caching skip it
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `kdchain ui` serves a local store
+PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
+                                          "plots/val_accuracy_per_epoch.png")
+PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
 FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
               "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
 
@@ -36,6 +41,15 @@ FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", 
 def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
     """--tracking-uri, then the spec's tracking.uri, then MLFLOW_TRACKING_URI, then the project's store."""
     return cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def ui_base(uri: str, configured: str | None = None) -> str:
+    """The MLflow UI that shows this store: the configured URL, the tracking server itself, or `kdchain ui`'s."""
+    if configured:
+        return configured.rstrip("/")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return DEFAULT_UI
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -276,8 +290,73 @@ class Tracker:
                            **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
         return chain_run_id, [rows[i] for i in sorted(rows)]
 
-    def run_url(self, run_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    def chain_summaries(self) -> list[dict]:
+        """Every chain run of the experiment, newest first, with its final (last finished) student's metrics."""
+        out = []
+        for run in self.chain_runs():
+            _, rows = self.generation_table(run.info.run_id)
+            final = rows[-1] if rows else {}
+            out.append({"chain_run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+                        "started": datetime.fromtimestamp(run.info.start_time / 1000).isoformat(timespec="seconds"),
+                        "generations": len(rows), "teacher_test_accuracy": rows[0]["test_accuracy"] if rows else None,
+                        "final": final.get("name"), "final_summary": final.get("summary"),
+                        "final_run_id": final.get("run_id"), **{k: final.get(k) for k in FINAL_KEYS}})
+        return out
+
+    def chain_run_exists(self, run_id: str) -> bool:
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return run.info.experiment_id == self.experiment_id and run.data.tags.get(KIND) == "chain"
+
+    def run_url(self, run_id: str, host: str = DEFAULT_UI) -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def experiment_url(self, host: str = DEFAULT_UI) -> str:
+        """The experiment's runs page (not its GenAI overview)."""
+        return f"{host}/#/experiments/{self.experiment_id}/runs"
+
+    # ------------------------------------------------------------------------------------------ pictures, tables
+
+    def log_confusion(self, run_id: str, matrix: list[list[int]], class_names: list[str], title: str) -> None:
+        """The generation's test confusion matrix as a PNG on its run."""
+        if matrix:
+            self.client.log_figure(run_id, plots.confusion_matrix(matrix, class_names, title), PLOT_CONFUSION)
+
+    def val_histories(self, rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+        """name -> [(epoch, val accuracy)] read back from MLflow (epochs are steps >= 1; step 0 is the final value)."""
+        return {r["name"]: [(m.step, m.value) for m in self.client.get_metric_history(r["run_id"], "val_accuracy")
+                            if m.step >= 1] for r in rows}
+
+    def log_chain_report(self, chain_run_id: str, chain_name: str, host: str = DEFAULT_UI) -> list[dict]:
+        """On the chain run: accuracy-vs-params/latency and val-accuracy-per-epoch plots, the generation table as an
+        MLflow table (generations.json) and as markdown (generations.md). Returns the table's rows."""
+        _, rows = self.generation_table(chain_run_id)
+        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "params", "parameters",
+                                                               f"{chain_name}: test accuracy vs parameters"), PLOT_PARAMS)
+        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "latency_ms", "latency per image (ms)",
+                                                               f"{chain_name}: test accuracy vs latency"), PLOT_LATENCY)
+        self.client.log_figure(chain_run_id, plots.val_accuracy_curves(self.val_histories(rows),
+                                                                       f"{chain_name}: validation accuracy per epoch"),
+                               PLOT_EPOCHS)
+        table = [{"generation": r["name"], "architecture": r["summary"],
+                  **{k: r[k] for k in FINAL_KEYS if r.get(k) is not None},
+                  "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
+        # log_table appends to an existing file: a re-run of the same chain run replaces it instead
+        with contextlib.suppress(Exception):
+            if any(f.path == TABLE_JSON for f in self.client.list_artifacts(chain_run_id)):
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(self.client.get_run(chain_run_id).info.artifact_uri).delete_artifacts(TABLE_JSON)
+        if table:
+            self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
+        md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
+               **{k: f"{t[k]:.4g}" for k in FINAL_KEYS if k in t}} for t in table]
+        self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
+            md, [("generation", "generation"), ("architecture", "architecture")] +
+            [(k, k) for k in FINAL_KEYS]), TABLE_MD)
+        return rows
 
 
 def prepare_store(uri: str) -> None:
@@ -408,6 +487,17 @@ def open_tracker(uri: str, experiment: str) -> Tracker | None:
         return None
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     return Tracker(uri, experiment, experiment_id=exp.experiment_id) if exp else None
+
+
+def experiment_of_run(uri: str, run_id: str) -> str | None:
+    """The experiment name of a run in the store, or None when there is no such run."""
+    if not _store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def latest_chain_experiment(uri: str) -> str | None:

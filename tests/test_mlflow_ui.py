@@ -1,0 +1,173 @@
+"""What a person sees: a 1-epoch chain, then `kdchain ui` serving its store through a real `mlflow server`,
+checked through the server's REST API; `kdchain compare` and the Prefect artifacts read back from the same run."""
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, tiny_chain, write_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, prefect_harness):
+    from flows.chain import distill_chain
+
+    tmp = tmp_path_factory.mktemp("ui")
+    cfg = tiny_chain(tmp, epochs=1)
+    result = distill_chain(str(write_config(tmp, cfg)))
+    return result, cfg
+
+
+@pytest.fixture(scope="module")
+def server(chain):
+    """`kdchain ui` on a free port: the deep links it prints, and the base URL of its mlflow server."""
+    result, cfg = chain
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--tracking-uri", cfg["tracking"]["uri"],
+                             "--port", str(port), "--no-browser"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]  # the banner, then one line per link
+        deadline = time.time() + 150
+        while True:
+            assert proc.poll() is None, "kdchain ui exited early"
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.read() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "mlflow server did not answer /health"
+            time.sleep(0.5)
+        yield base, lines
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the mlflow server it started
+        proc.wait(20)
+
+
+def _get(base: str, endpoint: str, **query) -> bytes:
+    with urllib.request.urlopen(f"{base}{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as r:
+        return r.read()
+
+
+def _api(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    if body is None:
+        return json.loads(_get(base, f"/api/2.0/mlflow/{endpoint}", **query))
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _artifacts(base: str, run_id: str, path: str = "") -> set[str]:
+    files = _api(base, "artifacts/list", run_id=run_id, path=path).get("files", [])
+    return {f["path"] for f in files}
+
+
+def test_the_mlflow_server_shows_the_chain(chain, server):
+    result, cfg = chain
+    base, lines = server
+
+    exp = _api(base, "experiments/get-by-name", experiment_name="tiny")["experiment"]
+    tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it as model training
+    exp_id = exp["experiment_id"]
+
+    # the deep links `kdchain ui` printed: the runs page (not the GenAI overview) and the latest chain run
+    text = "".join(lines)
+    assert f"{base}/#/experiments/{exp_id}/runs\n" in text
+    assert f"{base}/#/experiments/{exp_id}/runs/{result.chain_run_id}" in text
+
+    runs = _api(base, "runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    chain_run = by_id[result.chain_run_id]
+    assert re.fullmatch(r"tiny \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", chain_run["info"]["run_name"])
+
+    gens = {r["info"]["run_name"]: r for r in runs if r["info"]["run_id"] != result.chain_run_id}
+    assert sorted(gens) == sorted(f"tiny · {n}" for n in ("teacher", "A", "B", "C"))
+    for name, run in gens.items():
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert tags["mlflow.parentRunId"] == result.chain_run_id  # nested under the chain run
+        assert tags["mlflow.note.content"].startswith("cnn ")  # the one-line architecture summary
+        assert params["student.kind"] == "cnn" and "student.channels" in params
+        assert {"test_accuracy", "params", "latency_ms", "val_accuracy"} <= metrics
+        assert "plots/confusion_matrix.png" in _artifacts(base, run["info"]["run_id"], "plots")
+
+    plots = _artifacts(base, result.chain_run_id, "plots")
+    assert plots == {"plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
+                     "plots/val_accuracy_per_epoch.png"}
+    assert {"generations.json", "generations.md", "spec.yaml"} <= _artifacts(base, result.chain_run_id)
+
+    # what the UI's artifact viewer fetches: real PNGs and the table in MLflow's table format
+    for p in plots:
+        assert _get(base, "/get-artifact", path=p, run_uuid=result.chain_run_id).startswith(PNG)
+    table = json.loads(_get(base, "/get-artifact", path="generations.json", run_uuid=result.chain_run_id))
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["generation"] for r in rows] == ["teacher", "A", "B", "C"]
+    assert all(r["mlflow_run"].endswith(f"/#/experiments/{exp_id}/runs/{r['run_id']}") for r in rows)
+    md = _get(base, "/get-artifact", path="generations.md", run_uuid=result.chain_run_id).decode()
+    assert re.search(r"\| \[A\]\(http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\) \| cnn 8-16 \|", md)
+
+
+def test_prefect_artifacts_link_to_mlflow(chain):
+    from prefect.artifacts import Artifact
+
+    result, _ = chain
+    md = Artifact.get("tiny-generations-md")
+    for g in result.generations:
+        assert f"[{g.name}](http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{g.run_id})" in md.data
+    link = Artifact.get("tiny-mlflow")  # Prefect stores a link artifact as markdown: [text](url)
+    assert f"(http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs)" in link.data
+
+
+def test_compare_one_run_all_runs_json_csv(chain, capsys):
+    from flows.cli import main
+
+    result, cfg = chain
+    uri = cfg["tracking"]["uri"]
+
+    assert main(["compare", "--tracking-uri", uri, "--run", result.chain_run_id, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chain_run_id"] == result.chain_run_id
+    assert [g["name"] for g in out["generations"]] == ["teacher", "A", "B", "C"]
+
+    assert main(["compare", "--tracking-uri", uri, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["name"] for r in rows] == ["teacher", "A", "B", "C"]
+    assert float(rows[0]["params"]) > float(rows[-1]["params"])
+
+    assert main(["compare", "--tracking-uri", uri, "--all", "--json"]) == 0
+    chains = json.loads(capsys.readouterr().out)["chain_runs"]
+    assert [c["chain_run_id"] for c in chains] == [result.chain_run_id]
+    assert chains[0]["final"] == "C" and chains[0]["test_accuracy"] == pytest.approx(
+        result.generations[-1].metrics["test_accuracy"])
+
+    assert main(["compare", "--tracking-uri", uri, "--all"]) == 0
+    assert result.chain_run_id in capsys.readouterr().out
+
+    assert main(["compare", "--tracking-uri", uri, "--run", "0" * 32]) == 2
+    assert "no such run" in capsys.readouterr().err
+    assert main(["compare", "--tracking-uri", uri, "--run", result.generations[1].run_id]) == 2
+    assert "is not a chain run" in capsys.readouterr().err
