@@ -94,6 +94,7 @@ def test_scheduled_retrain_promotes_better_and_keeps_champion_against_worse(tmp_
     from kdchain.specs import load_spec
 
     cfg = tiny_chain(tmp_path, name=NAME, epochs=4)
+    cfg["generations"][0]["train"]["lr"] = 0.01  # A (8-16 channels) learns digits well within 4 epochs
     cfg["generations"] = cfg["generations"][:1]  # teacher -> A: enough to show promotion
     config = write_config(tmp_path, cfg)
     store = cfg["tracking"]["uri"]
