@@ -150,6 +150,14 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     teacher: GenerationResult | None = None
     try:
         for gen in gens:
+            searched = None
+            if gen.index > 0 and spec.generations[gen.index - 1].search is not None:
+                from flows.search import searched_spec  # the winner becomes this generation's student
+
+                spec, searched = searched_spec(spec, gen.index, teacher, teacher.metrics["val_accuracy"],
+                                               chain_run_id, uri)
+                gens[:] = check_chain(spec)  # in place: this and later generations follow from the winner
+                gen = gens[gen.index]
             key = generation_key(spec, gen, teacher.checkpoint_digest if teacher else None)
             out_dir = generation_dir(spec, gen, key)
             # reuse only what is really there: a finished MLflow run and a checkpoint that loads
@@ -169,6 +177,9 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                 progress.reused(gen.name, result)
             else:  # a retrain replaces any earlier finished run of this generation: it must not count twice
                 tracker.supersede(chain_run_id, gen.index, result.run_id)
+            if searched is not None:
+                tracker.mark_searched(result.run_id, searched.mlflow_run_id, f"search: trial {searched.winner} of "
+                                      f"{len(searched.trials)}")
             results.append(result)
             teacher = result
     except BaseException as e:

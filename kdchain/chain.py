@@ -94,6 +94,9 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
                     some = ", ".join(tappable_nodes(model)[:6])
                     problems.append(f"{source}: generations.{g.index - 1}.distill.{j}.{side}_node: {node!r} is not "
                                     f"a node of {owner}'s model (e.g. {some}; `kdchain inspect --nodes` lists all)")
+    from kdchain.search import budget_problems  # a budget no candidate meets stops here, before any training
+
+    problems += [f"{source}: {line}" for line in budget_problems(spec, gens)]
     if problems:
         raise SpecError(problems)
     return gens

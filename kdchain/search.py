@@ -1,0 +1,379 @@
+"""Searching a generation's student: candidates, budget checks, proxy trials, the winner.
+
+A generation with `search:` proxy-trains some of the candidates of its space (width x depth x temperature x
+kd weight) for `proxy_epochs` and keeps one; the chain then trains that one fully as the generation's student.
+Optuna proposes the trials (ask/tell in the orchestrator, flows/search.py) and prunes hopeless ones through the
+intermediate values each trial reports to a journal file every worker reaches. Nothing here imports prefect or
+mlflow: trials take and return paths and small values.
+"""
+
+import importlib.util
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from pydantic import BaseModel
+
+from kdchain.specs import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, SearchSpec, SpecError, canonical_json,
+                           spec_hash)
+
+AXES = ("width", "depth", "temperature", "kd_weight")
+
+
+class Candidate(BaseModel):
+    """One point of the space, with what it costs (measured on the built model, untrained)."""
+
+    params: dict[str, float]  # {"width": 0.5, "depth": 1.0, ...}: the axes this search varies
+    arch: dict  # the resolved Arch spec (JSON)
+    summary: str
+    cost: dict[str, float]  # params, flops, latency_ms
+    over_budget: list[str] = []  # "params 12,345 > 10,000", ... ; empty = within budget
+
+
+class TrialResult(BaseModel):
+    number: int
+    params: dict[str, float]
+    summary: str
+    arch: dict
+    state: str  # "complete" | "pruned"
+    val_accuracy: float
+    epochs: int  # epochs trained before completing or being pruned
+    cost: dict[str, float]
+    worker: str  # host:pid of the process that trained it
+    seconds: float
+    mlflow_run_id: str | None = None
+
+
+class SearchResult(BaseModel):
+    generation: int
+    trials: list[TrialResult]
+    winner: int  # trial number
+    front: list[int]  # trial numbers on the accuracy/params Pareto front
+    reason: str
+    candidates: int  # candidates within budget
+    plot: str | None = None  # PNG path
+    mlflow_run_id: str | None = None
+
+    def winning(self) -> TrialResult:
+        return next(t for t in self.trials if t.number == self.winner)
+
+
+def field_of(index: int) -> str:
+    return f"generations.{index - 1}.search"
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+
+
+def _grid(search: SearchSpec) -> list[dict[str, float]]:
+    axes = {k: v for k, v in search.space.model_dump().items() if v is not None}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def candidate_arch(spec: ChainSpec, index: int, teacher_arch, params: dict[str, float]):
+    """The student of generation `index` at this point of the space: the teacher's architecture scaled (or the
+    written-out student scaled, when the generation names one)."""
+    from kdchain.models import derive_arch
+
+    student = spec.generations[index - 1].student
+    to = student.derive.to if isinstance(student, DeriveStudent) else "same"
+    base = teacher_arch if isinstance(student, DeriveStudent) else student
+    return derive_arch(base, Derive(width=params["width"], depth=params.get("depth", 1.0), to=to))
+
+
+def candidate_distill(distill: list, params: dict[str, float]) -> list:
+    """The generation's loss terms with the searched kd temperature / kd weight (ce gets 1 - kd weight)."""
+    out = []
+    for term in distill:
+        if isinstance(term, KdLoss):
+            upd = {}
+            if "temperature" in params:
+                upd["temperature"] = params["temperature"]
+            if "kd_weight" in params:
+                upd["weight"] = params["kd_weight"]
+            term = term.model_copy(update=upd)
+        elif isinstance(term, CeLoss) and "kd_weight" in params:
+            term = term.model_copy(update={"weight": 1.0 - params["kd_weight"]})
+        out.append(term)
+    return out
+
+
+def candidates(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
+    """Every point of generation `index`'s space with its cost and the budget limits it breaks; no training."""
+    from kdchain.data import input_info
+    from kdchain.models import build_model, describe
+    from kdchain.profile import count_flops, latency_ms
+
+    search = spec.generations[index - 1].search
+    budget = search.budget
+    input_shape, num_classes = input_info(spec.data)
+    out, seen = [], {}
+    for params in _grid(search):
+        arch = candidate_arch(spec, index, teacher_arch, params)
+        key = canonical_json(arch)
+        if key not in seen:  # temperature/kd weight do not change the model: measure it once
+            model = build_model(arch, num_classes, input_shape[0]).eval()
+            n = sum(p.numel() for p in model.parameters())
+            cost = {"params": float(n), "flops": float(count_flops(model, input_shape))}
+            cost["latency_ms"] = latency_ms(model, input_shape, runs=15, warmup=3)
+            seen[key] = cost
+        cost = seen[key]
+        over = []
+        if budget.max_params is not None and cost["params"] > budget.max_params:
+            over.append(f"params {cost['params']:,.0f} > {budget.max_params:,}")
+        if budget.max_flops is not None and cost["flops"] > budget.max_flops:
+            over.append(f"flops {cost['flops']:,.0f} > {budget.max_flops:,}")
+        if budget.max_latency_ms is not None and cost["latency_ms"] > budget.max_latency_ms:
+            over.append(f"latency {cost['latency_ms']:.3f} ms > {budget.max_latency_ms} ms")
+        out.append(Candidate(params=params, arch=arch.model_dump(mode="json"), summary=describe(arch), cost=cost,
+                             over_budget=over))
+    return out
+
+
+def within_budget(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
+    """The candidates that meet the budget; SpecError (one line) when none does: nothing is trained then."""
+    cands = candidates(spec, index, teacher_arch)
+    ok = [c for c in cands if not c.over_budget]
+    if not ok:
+        cheapest = min(cands, key=lambda c: c.cost["params"])
+        raise SpecError([f"{field_of(index)}.budget: none of the {len(cands)} candidates of generation "
+                         f"{spec.generations[index - 1].name} meets the budget (the smallest, {cheapest.summary}, "
+                         f"has {'; '.join(cheapest.over_budget)}); raise the budget or add smaller values to "
+                         f"{field_of(index)}.space.width"])
+    return ok
+
+
+def budget_problems(spec: ChainSpec, gens: list) -> list[str]:
+    """Pre-flight, before anything trains: every searched generation whose teacher's architecture is known now
+    (not itself the winner of an earlier search) must have a candidate within budget."""
+    problems = []
+    for i, g in enumerate(spec.generations, start=1):
+        if g.search is None:
+            continue
+        if g.search.runner.kind == "ray" and importlib.util.find_spec("prefect_ray") is None:
+            problems.append(f"{field_of(i)}.runner.kind: ray needs prefect-ray, which is not installed "
+                            "(pip install prefect-ray); use threads or dask")
+        if any(earlier.search is not None for earlier in spec.generations[:i - 1]):
+            break  # the teacher is an earlier search's winner: checked when that search has finished
+        try:
+            within_budget(spec, i, gens[i - 1].arch)
+        except SpecError as e:
+            problems.extend(e.lines)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- optuna
+
+
+def directions(search: SearchSpec) -> list[str]:
+    return ["maximize", "minimize"] if search.objective.kind == "pareto" else ["maximize"]
+
+
+def make_study(search: SearchSpec, journal: Path, name: str, seed: int) -> optuna.Study:
+    """A study in a journal file (every worker that reaches the path can report to it); pruning only for one
+    objective (Optuna does not prune multi-objective studies)."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    multi = search.objective.kind == "pareto"
+    sampler = optuna.samplers.NSGAIISampler(seed=seed) if multi else optuna.samplers.TPESampler(seed=seed)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+              if search.prune and not multi else optuna.pruners.NopPruner())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                               directions=directions(search), load_if_exists=True)
+
+
+def enqueue_all_if_few(study: optuna.Study, feasible: list[Candidate], trials: int) -> None:
+    """When the trials cover every candidate within budget, try each exactly once instead of sampling."""
+    if len(feasible) <= trials:
+        for c in feasible:
+            study.enqueue_trial(c.params, skip_if_exists=True)
+
+
+def ask(study: optuna.Study, search: SearchSpec, feasible: list[Candidate], asked: set[str],
+        tries: int = 200) -> tuple[optuna.Trial, Candidate] | None:
+    """The next new candidate within budget, or None when the sampler finds none. A point outside the budget is
+    told PRUNED at once (so the sampler learns to avoid it); a point already tried is told its earlier result."""
+    by_key = {canonical_json(c.params): c for c in feasible}
+    space = {k: v for k, v in search.space.model_dump().items() if v is not None}
+    for _ in range(tries):
+        if len(asked) >= len(by_key):
+            return None
+        trial = study.ask()
+        params = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
+        key = canonical_json(params)
+        if key not in by_key:
+            trial.set_user_attr("skipped", "over budget")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif key in asked:
+            trial.set_user_attr("skipped", "duplicate")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            asked.add(key)
+            return trial, by_key[key]
+    return None
+
+
+def tell(study: optuna.Study, search: SearchSpec, trial_id: int, result: TrialResult) -> None:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_id)
+    if result.state == "pruned":
+        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    elif search.objective.kind == "pareto":
+        study.tell(trial.number, [result.val_accuracy, result.cost["params"]])
+    else:
+        study.tell(trial.number, result.val_accuracy)
+
+
+# ---------------------------------------------------------------------------------------------- one trial
+
+
+class _Pruned(Exception):
+    pass
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, candidate: Candidate,
+              teacher_checkpoint: str, journal: str | None, study_name: str | None,
+              torch_threads: int, on_epoch=None) -> TrialResult:
+    """Proxy-train one candidate for `proxy_epochs` against the teacher and return its val accuracy. Each epoch's
+    val accuracy goes to the study (journal file); a trial the pruner calls hopeless stops there."""
+    from kdchain.chain import ARCH, build_loss, load_checkpoint, resolve_chain
+    from kdchain.data import load_data
+    from kdchain.engine import fit, pick_device
+    from kdchain.models import build_model
+
+    torch.set_num_threads(torch_threads)  # trials side by side must not oversubscribe the cores
+    t0 = time.perf_counter()
+    gen_spec = spec.generations[index - 1]
+    search = gen_spec.search
+    arch = ARCH.validate_python(candidate.arch)
+    data = load_data(spec.data, spec.seed)
+    teacher, _, _ = load_checkpoint(Path(teacher_checkpoint))
+    gen = resolve_chain(_with_student(spec, index, arch, candidate.params))[index]
+    torch.manual_seed(spec.seed + index)
+    student = build_model(arch, data.num_classes, data.input_shape[0])
+    loss = build_loss(gen, student, teacher, data.input_shape)
+    trial = None
+    if journal and trial_id is not None and search.prune and search.objective.kind != "pareto":
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+        trial = optuna.trial.Trial(optuna.load_study(study_name=study_name, storage=storage), trial_id)
+    last = {"acc": 0.0, "epoch": 0}
+
+    def report(r):
+        last.update(acc=r.val_accuracy, epoch=r.epoch)
+        if on_epoch:
+            on_epoch(r)
+        if trial is not None:
+            trial.report(r.val_accuracy, r.epoch)
+            if r.epoch < search.proxy_epochs and trial.should_prune():
+                raise _Pruned()
+
+    state = "complete"
+    try:
+        fit(student, teacher, loss, data, gen.train.model_copy(update={"epochs": search.proxy_epochs,
+                                                                        "threads": torch_threads}),
+            seed=spec.seed + index, on_epoch=report, device=pick_device(spec.device))
+    except _Pruned:
+        state = "pruned"
+    return TrialResult(number=number, params=candidate.params, summary=candidate.summary, arch=candidate.arch,
+                       state=state, val_accuracy=last["acc"], epochs=last["epoch"], cost=candidate.cost,
+                       worker=worker_name(), seconds=time.perf_counter() - t0)
+
+
+def _with_student(spec: ChainSpec, index: int, arch, params: dict[str, float]) -> ChainSpec:
+    gens = list(spec.generations)
+    g = gens[index - 1]
+    gens[index - 1] = g.model_copy(update={"student": arch, "distill": candidate_distill(g.distill, params),
+                                           "search": None})
+    return spec.model_copy(update={"generations": gens})
+
+
+def apply_winner(spec: ChainSpec, index: int, result: SearchResult) -> ChainSpec:
+    """The spec with generation `index`'s student written out as the winner (its distill with the winner's
+    temperature/weights) and its search done (None): its cache key, and the next generation's derivation,
+    follow from it."""
+    from kdchain.chain import ARCH
+
+    win = result.winning()
+    return _with_student(spec, index, ARCH.validate_python(win.arch), win.params)
+
+
+def search_key(spec: ChainSpec, index: int, teacher_digest: str) -> str:
+    """What a search's outcome depends on: the generation as written, the data, the seed, the teacher's weights."""
+    return spec_hash({"generation": spec.generations[index - 1].model_dump(mode="json"),
+                      "data": spec.data.model_dump(mode="json"), "seed": spec.seed, "teacher": teacher_digest})
+
+
+# ---------------------------------------------------------------------------------------------- the winner
+
+
+def pareto_front(trials: list[TrialResult]) -> list[int]:
+    """Trial numbers no other completed trial beats on both accuracy (higher) and params (lower)."""
+    done = [t for t in trials if t.state == "complete"]
+    front = []
+    for t in done:
+        dominated = any(o.val_accuracy >= t.val_accuracy and o.cost["params"] <= t.cost["params"]
+                        and (o.val_accuracy > t.val_accuracy or o.cost["params"] < t.cost["params"]) for o in done)
+        if not dominated:
+            front.append(t.number)
+    return sorted(front)
+
+
+def select_winner(search: SearchSpec, trials: list[TrialResult], teacher_val_accuracy: float) -> tuple[int, str]:
+    """(trial number, why). accuracy and pareto: the most accurate (fewer params on a tie; for pareto that is the
+    accurate end of the front); smallest: fewest params among those retaining r of the teacher's val accuracy."""
+    done = [t for t in trials if t.state == "complete"]
+    if not done:
+        raise RuntimeError("every trial was pruned; raise proxy_epochs or set search.prune: false")
+    best = min(done, key=lambda t: (-t.val_accuracy, t.cost["params"]))
+    if search.objective.kind == "smallest":
+        r = search.objective.retention
+        keep = [t for t in done if t.val_accuracy >= r * teacher_val_accuracy]
+        if keep:
+            win = min(keep, key=lambda t: (t.cost["params"], -t.val_accuracy))
+            return win.number, (f"fewest params ({win.cost['params']:,.0f}) with val accuracy {win.val_accuracy:.4f} "
+                                f">= {r} x teacher {teacher_val_accuracy:.4f}")
+        return best.number, f"no trial retained {r} of the teacher's val accuracy; the most accurate instead"
+    return best.number, f"highest proxy val accuracy {best.val_accuracy:.4f} within budget"
+
+
+def pareto_plot(result: SearchResult, path: Path, title: str) -> Path:
+    """accuracy vs params and vs latency (when measured), every trial, the front joined, the winner starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [("params", "parameters")] + ([("latency_ms", "latency ms (batch 1, CPU)")]
+                                       if all("latency_ms" in t.cost for t in result.trials) else [])
+    fig, axes = plt.subplots(1, len(xs), figsize=(5.5 * len(xs), 4.2), squeeze=False)
+    win = result.winning()
+    for ax, (key, label) in zip(axes[0], xs):
+        for state, marker, color in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:gray")):
+            ts = [t for t in result.trials if t.state == state]
+            ax.scatter([t.cost[key] for t in ts], [t.val_accuracy for t in ts], marker=marker, color=color,
+                       label=f"{state} ({len(ts)})")
+        front = sorted((t for t in result.trials if t.number in result.front), key=lambda t: t.cost[key])
+        if key == "params" and front:
+            ax.plot([t.cost[key] for t in front], [t.val_accuracy for t in front], "--", color="tab:orange",
+                    label="Pareto front")
+        ax.scatter([win.cost[key]], [win.val_accuracy], marker="*", s=250, color="tab:red", zorder=5,
+                   label=f"winner: trial {win.number}")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("proxy val accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
