@@ -15,8 +15,9 @@ BUDGET = 1500  # params: the 8x8 digits cnn at widths 0.25 / 0.5 fits, 1.0 does 
 
 def search_chain(tmp_path, runner: dict, budget: int = BUDGET, trials: int = 4) -> dict:
     cfg = tiny_chain(tmp_path, name="searched")
+    cfg["teacher"]["train"] = {"epochs": 4, "lr": 0.01}  # a teacher worth distilling from, in a few seconds
     cfg["generations"] = [{
-        "name": "A", "student": {"derive": {"width": 0.5}}, "train": {"epochs": 1},
+        "name": "A", "student": {"derive": {"width": 0.5}}, "train": {"epochs": 4, "lr": 0.01},
         "search": {"space": {"width": [0.25, 0.5, 1.0], "depth": [1.0], "temperature": [2.0, 4.0]},
                    "budget": {"max_params": budget}, "trials": trials, "proxy_epochs": 1, "runner": runner}}]
     return cfg
