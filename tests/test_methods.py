@@ -113,3 +113,79 @@ def test_fitnet_is_half_mse_through_the_regressor():
 
 
 GOLDEN = {"dkd": 8.8546218, "at": 0.035999765, "rkd": 4.0922649, "fitnet": 0.70063663}  # computed once, fixed
+
+
+# ---------------------------------------------------------------------------------------------- in a chain
+
+
+def _spec(tmp_path, **gen_b):
+    cfg = tiny_chain(tmp_path, epochs=2)
+    cfg["generations"][1].update(gen_b)
+    return spec_from_dict(cfg)
+
+
+def test_new_kinds_resolve_default_nodes_and_bad_nodes_are_one_line(tmp_path):
+    spec = _spec(tmp_path, distill=[{"kind": "fitnet"}, {"kind": "at"}, {"kind": "rkd"}, {"kind": "dkd"}])
+    b = check_chain(spec)[2]
+    assert [(t.teacher_node, t.student_node) for t in b.distill[:3]] == [("stages", "stages")] * 3
+    bad = _spec(tmp_path, distill=[{"kind": "at", "teacher_node": "stages.99"}])
+    with pytest.raises(SpecError) as e:
+        check_chain(bad, "chain.yaml")
+    assert len(e.value.lines) == 1 and e.value.lines[0].startswith(
+        "chain.yaml: generations.1.distill.0.teacher_node: 'stages.99' is not a node of A's model")
+    with pytest.raises(SpecError, match=r"generations.1.distill: fitnet hint_epochs 2 leaves no epoch"):
+        check_chain(_spec(tmp_path, distill=[{"kind": "fitnet", "hint_epochs": 2}]))
+    with pytest.raises(SpecError, match=r"generations.1.teacher_weights: give 2 weights, one per earlier generation "
+                                        r"\(teacher, A\)"):
+        check_chain(_spec(tmp_path, teachers="ancestors", teacher_weights=[1.0]))
+    with pytest.raises(SpecError, match=r"generations.1.teacher_weights: only used with `teachers: ancestors`"):
+        check_chain(_spec(tmp_path, teacher_weights=[1.0, 1.0]))
+
+
+def test_fitnet_hint_stage_trains_on_the_hint_alone_then_the_full_loss(tmp_path):
+    spec = _spec(tmp_path)
+    gens = resolve_chain(spec)
+    data = load_data(spec.data, 0)
+    teacher = build_model(gens[0].arch, 10, 1).eval()
+    student = build_model(gens[1].arch, 10, 1)
+    gen = gens[1]
+    gen.distill = [FitnetLoss(teacher_node="stages", student_node="stages", hint_epochs=1, weight=2.0),
+                   KdLoss(weight=1.0)]
+    loss = build_loss(gen, student, teacher, data.input_shape)
+    head = student.classifier.weight.detach().clone()
+    reports = []
+    fit(student, teacher, loss, data, gen.train.model_copy(update={"epochs": 2, "weight_decay": 0.0}), seed=1,
+        on_epoch=reports.append)
+    hint, full = reports
+    assert hint.train_loss == pytest.approx(2.0 * hint.parts["fitnet"], rel=1e-4)  # the kd term is not counted
+    assert full.train_loss == pytest.approx(2.0 * full.parts["fitnet"] + full.parts["kd"], rel=1e-4)
+    assert not torch.equal(student.classifier.weight, head)  # the head learns in the full stage
+
+
+def test_several_teachers_average_their_logit_terms():
+    kd = KdLoss(temperature=1.0)
+    s, t0, t1 = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    loss = DistillLoss([kd], teacher_weights={"logits": 3.0, teacher_key(0): 1.0})
+    total, _ = loss({"logits": s}, {"logits": t1, teacher_key(0): t0}, None)
+    one = DistillLoss([kd])
+    expected = 0.75 * one({"logits": s}, {"logits": t1}, None)[0] + 0.25 * one({"logits": s}, {"logits": t0}, None)[0]
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_ancestors_teach_generation_b_with_every_earlier_checkpoint(tmp_path):
+    cfg = tiny_chain(tmp_path)
+    cfg["generations"] = cfg["generations"][:2]
+    for g in cfg["generations"]:
+        g["train"] = {"epochs": 5, "lr": 0.01}
+    cfg["generations"][1].update(teachers="ancestors", teacher_weights=[1.0, 2.0],
+                                 distill=[{"kind": "dkd", "weight": 0.5}, {"kind": "ce", "weight": 0.5}, {"kind": "at", "weight": 1.0}])
+    spec = spec_from_dict(cfg)
+    ckpts = []
+    for i in range(3):
+        out, _ = train_generation(spec, i, ckpts[-1] if ckpts else None, tmp_path / f"g{i}",
+                                  extra_teachers=ckpts[:-1] if i == 2 else [])
+        ckpts.append(tmp_path / f"g{i}" / "model.pt")
+    assert out.name == "B" and out.teacher_outputs.startswith("cached: logits, stages, logits@0")
+    assert out.metrics["test_accuracy"] > 0.25  # B (4-8 channels) learnt from teacher + A: chance is 0.1
+    with pytest.raises(ValueError, match="has 2 teachers; got 1 checkpoints"):
+        train_generation(spec, 2, ckpts[1], tmp_path / "again")
