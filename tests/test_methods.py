@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from kdchain.chain import build_loss, check_chain, resolve_chain, train_generation
-from kdchain.engine import Teachers, fit
+from kdchain.engine import fit
 from kdchain.data import load_data
 from kdchain.losses import (DistillLoss, HintRegressor, at_loss, dkd_loss, fitnet_loss, rkd_loss, teacher_key)
 from kdchain.models import build_model
-from kdchain.specs import DkdLoss, FitnetLoss, KdLoss, SpecError, spec_from_dict
+from kdchain.specs import FitnetLoss, KdLoss, SpecError, spec_from_dict
 from tests.conftest import tiny_chain
 
 RNG = np.random.default_rng(0)
@@ -189,3 +189,17 @@ def test_ancestors_teach_generation_b_with_every_earlier_checkpoint(tmp_path):
     assert out.metrics["test_accuracy"] > 0.25  # B (4-8 channels) learnt from teacher + A: chance is 0.1
     with pytest.raises(ValueError, match="has 2 teachers; got 1 checkpoints"):
         train_generation(spec, 2, ckpts[1], tmp_path / "again")
+
+
+def test_flow_hands_every_ancestor_checkpoint_to_a_densely_guided_generation(tmp_path, prefect_harness):
+    from flows.chain import distill_chain
+
+    cfg = tiny_chain(tmp_path, name="dense")
+    cfg["generations"][2].update(teachers="ancestors", distill=[{"kind": "kd"}, {"kind": "dkd", "weight": 0.1}])
+    result = distill_chain(spec_from_dict(cfg))  # C refuses to train unless it gets all 3 teachers' checkpoints
+    assert [g.name for g in result.generations] == ["teacher", "A", "B", "C"]
+    # C's key covers all three teachers' weights: retraining A (another seed) would change it
+    spec = spec_from_dict(cfg)
+    c = resolve_chain(spec)[3]
+    assert c.teacher_weights == [1.0, 1.0, 1.0] and c.as_json()["teachers"] == "ancestors"
+    assert "teachers" not in resolve_chain(spec)[2].as_json()  # direct generations keep their old cache keys
