@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from flows import progress
 from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, check_chain, file_digest,
-                           generation_key, load_checkpoint, pin_teacher, train_generation)
+                           generation_key, load_checkpoint, pin_teacher, teacher_indices,
+                           train_generation)
 from kdchain.engine import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
 from kdchain.specs import ChainSpec, load_spec
@@ -57,8 +58,9 @@ def generation_dir(spec: ChainSpec, gen: ResolvedGeneration, key: str) -> Path:
       task_run_name="{gen_name}")
 def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: GenerationResult | None,
                        teacher_accuracy: float | None, cache_key: str, out_dir: str, parent_run_id: str,
-                       tracking_uri: str) -> GenerationResult:
-    """Train one generation and record it in its own MLflow run, nested under the chain run."""
+                       tracking_uri: str, extra_teachers: list[str] = []) -> GenerationResult:
+    """Train one generation and record it in its own MLflow run, nested under the chain run.
+    `extra_teachers`: checkpoint paths of its other teachers (teachers: ancestors), oldest first."""
     tracker = Tracker(tracking_uri, spec.experiment_name())
     gen = check_chain(spec)[index]
     out = Path(out_dir)
@@ -87,7 +89,8 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
 
     progress.start(gen.name, gen.train.epochs)
     try:
-        outcome, model = train_generation(spec, index, Path(teacher.checkpoint) if teacher else None, out, on_epoch)
+        outcome, model = train_generation(spec, index, Path(teacher.checkpoint) if teacher else None, out, on_epoch,
+                                          [Path(p) for p in extra_teachers])
     except BaseException as e:  # Ctrl-C included: the run must not stay RUNNING
         tracker.fail_run(run_id, f"{type(e).__name__}: {e}")
         progress.stop(gen.name)
@@ -158,7 +161,8 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                                                chain_run_id, uri)
                 gens[:] = check_chain(spec)  # in place: this and later generations follow from the winner
                 gen = gens[gen.index]
-            key = generation_key(spec, gen, teacher.checkpoint_digest if teacher else None)
+            teachers = [results[i] for i in teacher_indices(gen)] if gen.index else []  # direct one last
+            key = generation_key(spec, gen, "+".join(r.checkpoint_digest for r in teachers) or None)
             out_dir = generation_dir(spec, gen, key)
             # reuse only what is really there: a finished MLflow run and a checkpoint that loads
             usable = not fresh and tracker.finished_generation(chain_run_id, key) is not None
@@ -170,7 +174,8 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                     usable = False
             task_ = distill_generation.with_options(result_storage=storage, refresh_cache=not usable)
             state = task_(spec, gen.name, gen.index, teacher, results[0].metrics["test_accuracy"] if results else None,
-                          key, str(out_dir.resolve()), chain_run_id, uri, return_state=True)
+                          key, str(out_dir.resolve()), chain_run_id, uri,
+                          [r.checkpoint for r in teachers[:-1]], return_state=True)
             result = state.result()
             if state.name == "Cached":
                 reused.append(gen.name)

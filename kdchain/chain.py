@@ -17,12 +17,12 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from kdchain.data import batches, data_fingerprint, input_info, load_data, missing_data
-from kdchain.engine import EpochReport, atomic_save, evaluate, fit, pick_device, predict, predict_split
+from kdchain.engine import EpochReport, Teachers, atomic_save, evaluate, fit, pick_device, predict, predict_split
 from kdchain.export import export_and_measure
-from kdchain.losses import DistillLoss
+from kdchain.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.models import build_model, count_params, default_tap, describe, prepare_for_training, resolve_student
 from kdchain.profile import count_flops, profile
-from kdchain.specs import Arch, CeLoss, ChainSpec, FeatureLoss, SpecError, TrainSpec, canonical_json, spec_hash
+from kdchain.specs import Arch, CeLoss, ChainSpec, FeatureLoss, FitnetLoss, SpecError, TrainSpec, canonical_json, spec_hash
 from kdchain.taps import check_node, feature_shapes, tappable_nodes
 
 ARCH = TypeAdapter(Arch)
@@ -37,11 +37,16 @@ class ResolvedGeneration:
     arch: object  # an Arch spec
     distill: list  # loss specs, feature nodes filled in
     train: TrainSpec
+    teachers: str = "direct"  # or "ancestors": every earlier generation teaches the logit terms
+    teacher_weights: list[float] = field(default_factory=list)  # per earlier generation, oldest first
 
     def as_json(self) -> dict:
-        return {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
-                "distill": [t.model_dump(mode="json") for t in self.distill],
-                "train": self.train.model_dump(mode="json")}
+        out = {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
+               "distill": [t.model_dump(mode="json") for t in self.distill],
+               "train": self.train.model_dump(mode="json")}
+        if self.teachers != "direct":  # keeps the keys of direct-teacher chains as they were
+            out["teachers"], out["teacher_weights"] = self.teachers, self.teacher_weights
+        return out
 
 
 def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
@@ -54,11 +59,24 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
         distill = [
             t.model_copy(update={"teacher_node": t.teacher_node or default_tap(teacher_arch),
                                  "student_node": t.student_node or default_tap(arch)})
-            if isinstance(t, FeatureLoss) else t
+            if hasattr(t, "teacher_node") else t  # feature, fitnet, at, rkd read tapped nodes
             for t in g.distill
         ]
-        gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train))
+        gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
+                                       teacher_weights(g.teachers, g.teacher_weights, i)))
     return gens
+
+
+def teacher_weights(teachers: str, weights: list[float] | None, index: int) -> list[float]:
+    """Weight of each earlier generation 0..index-1 as a teacher of generation `index` (0 = not a teacher)."""
+    if teachers == "direct":
+        return [0.0] * (index - 1) + [1.0]
+    return list(weights) if weights is not None else [1.0] * index
+
+
+def teacher_indices(gen: "ResolvedGeneration") -> list[int]:
+    """The generations that teach `gen`, oldest first; the last one is its direct teacher."""
+    return [i for i, w in enumerate(gen.teacher_weights) if w > 0 or i == gen.index - 1]
 
 
 def arch_field(gen: ResolvedGeneration, line: str) -> str:
@@ -84,8 +102,18 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
             raise SpecError([f"{source}: {arch_field(g, line)}" for line in e.lines]) from None
     problems = []
     for g in gens[1:]:
+        where = f"{source}: generations.{g.index - 1}"
+        if g.teachers == "direct" and spec.generations[g.index - 1].teacher_weights is not None:
+            problems.append(f"{where}.teacher_weights: only used with `teachers: ancestors`; remove it or set that")
+        elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
+            problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
+                            f"({', '.join(x.name for x in gens[:g.index])}), not all zero")
+        hint = max([t.hint_epochs for t in g.distill if isinstance(t, FitnetLoss)], default=0)
+        if hint >= g.train.epochs:
+            problems.append(f"{where}.distill: fitnet hint_epochs {hint} leaves no epoch of the full loss; "
+                            f"make it less than train.epochs {g.train.epochs}")
         for j, term in enumerate(g.distill):
-            if not isinstance(term, FeatureLoss):
+            if not hasattr(term, "teacher_node"):
                 continue
             for side, model, owner in (("teacher", models[g.index - 1], gens[g.index - 1].name),
                                        ("student", models[g.index], g.name)):
@@ -270,21 +298,30 @@ class GenerationOutcome:
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
     shapes = {}
+    direct = teacher.direct if isinstance(teacher, Teachers) else teacher
     for i, term in enumerate(gen.distill):
-        if isinstance(term, FeatureLoss):
+        if isinstance(term, (FeatureLoss, FitnetLoss)):  # trained adapters: 1x1 conv / FitNets regressor
             s = feature_shapes(student, [term.student_node], input_shape)[term.student_node]
-            t = feature_shapes(teacher, [term.teacher_node], input_shape)[term.teacher_node]
+            t = feature_shapes(direct, [term.teacher_node], input_shape)[term.teacher_node]
             shapes[i] = (s, t)
-    return DistillLoss(gen.distill, shapes)
+    # several teachers: the direct one's logits are "logits", the others' teacher_key(k), oldest first
+    weights = None  # a single teacher (e.g. a search trial's proxy training) teaches alone
+    if gen.index > 0 and gen.teachers == "ancestors" and isinstance(teacher, Teachers):
+        extra = [i for i in teacher_indices(gen) if i != gen.index - 1]
+        weights = {LOGITS: gen.teacher_weights[gen.index - 1]} | {
+            teacher_key(k): gen.teacher_weights[i] for k, i in enumerate(extra)}
+    return DistillLoss(gen.distill, shapes, weights)
 
 
 def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
-                     on_epoch: Callable[[EpochReport], None] | None = None) -> tuple[GenerationOutcome, nn.Module]:
+                     on_epoch: Callable[[EpochReport], None] | None = None,
+                     extra_teachers: list[Path] = ()) -> tuple[GenerationOutcome, nn.Module]:
     """Train generation `index` (0 = teacher) and write `out_dir/model.pt`; returns its outcome and model.
+    `extra_teachers`: checkpoints of the other teachers (teachers: ancestors), oldest first.
 
     Running out of memory or disk raises ResourceError, naming the spec field to change."""
     try:
-        return _train_generation(spec, index, teacher_checkpoint, out_dir, on_epoch)
+        return _train_generation(spec, index, teacher_checkpoint, out_dir, on_epoch, extra_teachers)
     except Exception as e:
         err = resource_error(e, "teacher" if index == 0 else f"generations.{index - 1}")
         if err is None:
@@ -293,7 +330,8 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
 
 
 def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
-                      on_epoch: Callable[[EpochReport], None] | None) -> tuple[GenerationOutcome, nn.Module]:
+                      on_epoch: Callable[[EpochReport], None] | None,
+                      extra_teachers: list[Path] = ()) -> tuple[GenerationOutcome, nn.Module]:
     gen = resolve_chain(spec)[index]
     device = pick_device(spec.device)
     data = load_data(spec.data, spec.seed)
@@ -308,6 +346,11 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
         if teacher_checkpoint is None:
             raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
         teacher, _, _ = load_checkpoint(teacher_checkpoint)
+        if len(extra_teachers) != len(teacher_indices(gen)) - 1:
+            raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
+                             f"got {1 + len(extra_teachers)} checkpoints")
+        if extra_teachers:
+            teacher = Teachers(teacher, [load_checkpoint(p)[0] for p in extra_teachers])
     loss = build_loss(gen, student, teacher, input_shape)
 
     out_dir = Path(out_dir)
@@ -324,7 +367,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
                "val_accuracy": evaluate(student, data.val.to(device))}
     if teacher is not None:
-        teacher_pred = predict_split(teacher.to(device), test)[0].argmax(1)
+        teacher_pred = predict_split(getattr(teacher, "direct", teacher).to(device), test)[0].argmax(1)
         metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
     else:
         metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
@@ -394,9 +437,9 @@ def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
     for g in gens:
         model = build_model(g.arch, num_classes, input_shape[0]).eval()
         # the default tap, and every node a feature loss reads from this model as student or as teacher
-        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if isinstance(t, FeatureLoss)}
+        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if hasattr(t, "student_node")}
         if g.index + 1 < len(gens):
-            taps |= {t.teacher_node for t in gens[g.index + 1].distill if isinstance(t, FeatureLoss)}
+            taps |= {t.teacher_node for t in gens[g.index + 1].distill if hasattr(t, "teacher_node")}
         row = {"index": g.index, "name": g.name, "summary": describe(g.arch), "arch": g.arch.model_dump(mode="json"),
                "params": count_params(model), "flops": count_flops(model, input_shape),
                "feature_maps": {n: list(s) for n, s in feature_shapes(model, sorted(taps), input_shape).items()},

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kdchain.data import DataBundle, Split, batches
-from kdchain.losses import LOGITS, DistillLoss
+from kdchain.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.specs import TrainSpec
 from kdchain.taps import Tapped, feature_shapes
 
@@ -83,8 +83,21 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or free_cores())
 
 
+class Teachers(nn.Module):
+    """Several teachers of one generation (teachers: ancestors): the direct one, whose tapped maps the loss reads,
+    and extra ones, whose logits join the outputs as `teacher_key(i)`."""
+
+    def __init__(self, direct: nn.Module, extra: list[nn.Module]):
+        super().__init__()
+        self.direct = direct
+        self.extra = nn.ModuleList(extra)
+
+
 def outputs_of(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], dict]:
     """x -> {"logits": ..., node: ...}; the plain forward when no feature map is needed."""
+    if isinstance(model, Teachers):
+        direct = outputs_of(model.direct, nodes)
+        return lambda x: direct(x) | {teacher_key(i): m(x) for i, m in enumerate(model.extra)}
     if nodes:
         return Tapped(model, nodes)
     return lambda x: {LOGITS: model(x)}
@@ -265,9 +278,12 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
             raise ValueError("this loss needs a teacher")
         teacher.to(device, memory_format=torch.channels_last).eval()
         teacher_fwd = outputs_of(teacher, loss.nodes("teacher"))
+        direct = teacher.direct if isinstance(teacher, Teachers) else teacher
+        extra = len(teacher.extra) if isinstance(teacher, Teachers) else 0
         shapes = {LOGITS: (data.num_classes,)} | {n: tuple(s) for n, s in
-                                                  feature_shapes(teacher, loss.nodes("teacher"),
+                                                  feature_shapes(direct, loss.nodes("teacher"),
                                                                  data.input_shape).items()}
+        shapes |= {teacher_key(i): (data.num_classes,) for i in range(extra)}
         use_cache, result.teacher = teacher_cache_plan(train.cache, augment, len(train_split), shapes,
                                                        train.cache_memory_mb)
         if use_cache and streamed:
@@ -299,6 +315,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
 
     for epoch in range(start_epoch + 1, train.epochs + 1):
         t0 = time.perf_counter()
+        loss.set_epoch(epoch)  # FitNets: the first hint_epochs train on the hint alone
         loss_sum = torch.zeros((), device=device)
         part_sums = {name: torch.zeros((), device=device) for name in loss.names}
         for idx, x, y in epoch_batches(train_split, train.batch_size, gen, device):
