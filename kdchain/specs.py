@@ -265,6 +265,12 @@ class TrainSpec(Strict):
         "un-augmented data and the outputs fit cache_memory_mb; on = also past the budget; off = teacher runs live")
     cache_memory_mb: float = Field(512.0, gt=0.0, description="memory budget of the teacher-output cache (auto)")
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        # YAML 1.1 reads a bare `cache: on` / `off` as true / false; the user meant the words
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 def _default_distill() -> list:
     return [KdLoss(weight=0.7, temperature=4.0), CeLoss(weight=0.3)]

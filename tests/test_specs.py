@@ -93,3 +93,10 @@ def test_run_with_a_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path
 def test_missing_config_file(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_yaml_on_and_off_mean_the_words_for_the_teacher_cache(tmp_path):
+    cfg = tiny_chain(tmp_path)
+    path = write_config(tmp_path, cfg)
+    spec = load_spec(path, ["generations.A.train.cache=on", "generations.B.train.cache=off"])
+    assert [g.train.cache for g in spec.generations] == ["on", "off", "auto"]
