@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 from rich.table import Table  # noqa: E402
 
 from flows import progress  # noqa: E402
-from flows.views import add_compare_args, add_ui_args  # noqa: E402
+from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
 from kdchain.specs import SpecError, load_spec  # noqa: E402
 
 EXIT_USAGE = 2
@@ -29,16 +29,6 @@ def _fail(lines: list[str] | str, code: int = EXIT_USAGE) -> int:
     for line in [lines] if isinstance(lines, str) else lines:
         print(line, file=sys.stderr)
     return code
-
-
-def _fmt_int(v) -> str:
-    if v is None:
-        return "-"
-    v = float(v)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= div:
-            return f"{v / div:.2f}{unit}"
-    return f"{v:.0f}"
 
 
 def generation_table(rows: list[dict], title: str) -> Table:
