@@ -270,14 +270,6 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
     return model.eval(), arch, ckpt
 
 
-def checkpoint_ok(path: Path) -> bool:
-    try:
-        load_checkpoint(path)
-        return True
-    except CheckpointError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------------- one generation
 
 
