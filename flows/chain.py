@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flows import progress
 from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, check_chain, file_digest,
-                           generation_key, load_checkpoint, pin_teacher, teacher_indices,
+                           generation_key, load_checkpoint, pin_teacher, resolve_chain, teacher_indices,
                            train_generation)
 from kdchain.engine import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
@@ -62,7 +62,7 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
     """Train one generation and record it in its own MLflow run, nested under the chain run.
     `extra_teachers`: checkpoint paths of its other teachers (teachers: ancestors), oldest first."""
     tracker = Tracker(tracking_uri, spec.experiment_name())
-    gen = check_chain(spec)[index]
+    gen = resolve_chain(spec)[index]  # the flow checked the spec before any generation ran
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
-from kdchain.chain import check_chain
+from kdchain.chain import resolve_chain
 from kdchain.search import (Candidate, SearchResult, TrialResult, ask, enqueue_all_if_few, field_of, make_study,
                             pareto_front, pareto_plot, run_trial, search_key, select_winner, tell, within_budget,
                             worker_name)
@@ -80,7 +80,7 @@ def search_generation(spec: ChainSpec, index: int, teacher_checkpoint: str, teac
     if done_file.is_file():  # this exact search (spec, data, teacher weights) finished before: reuse it
         progress.note(f"{gen_spec.name}: search reused ({done_file})")
         return SearchResult.model_validate_json(done_file.read_text())
-    teacher_arch = check_chain(spec)[index - 1].arch
+    teacher_arch = resolve_chain(spec)[index - 1].arch  # checked by the flow already
     feasible = within_budget(spec, index, teacher_arch)  # SpecError before any trial when none fits
     tracker = Tracker(tracking_uri, spec.experiment_name())
     search_run_id = tracker.search_run(spec.name, chain_run_id, index, gen_spec.name, search.model_dump_json(indent=2))
