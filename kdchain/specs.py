@@ -260,6 +260,9 @@ class TrainSpec(Strict):
     schedule: Literal["cosine", "constant", "onecycle"] = Field("cosine", description="learning-rate schedule")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: the cores not already busy")
     compile: bool = Field(False, description="torch.compile the student's forward (pays a compile once, then faster)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="forward-pass precision: auto = bf16 autocast where the hardware computes bf16 natively "
+        "(CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere; bf16 = always autocast; fp32 = never")
     cache: Literal["auto", "on", "off"] = Field(
         "auto", description="teacher outputs computed once and reused every epoch: auto = when the student sees "
         "un-augmented data and the outputs fit cache_memory_mb; on = also past the budget; off = teacher runs live")
@@ -437,7 +440,7 @@ class MarksData(Strict):
     val_size: int = Field(2000, ge=10, description="validation images")
     test_size: int = Field(4000, ge=10, description="test images")
     image_size: int = Field(32, ge=16, le=256, description="height and width in pixels")
-    difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 = clean, centred marks; 1 = heavy blur, clutter, "
+    difficulty: float = Field(0.95, ge=0.0, le=1.0, description="0 = clean, centred marks; 1 = heavy blur, clutter, "
                                                                "uneven lighting, small low-contrast marks")
     augment: Augment = Field(default_factory=lambda: Augment(crop_padding=2, flip=True),
                              description="per-batch augmentation (every class is mirror-symmetric)")
@@ -530,6 +533,12 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
             msg = "unknown key (check the spelling; `kdchain validate --schema` lists the keys)"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "union_tag_not_found":  # a tagged union's value without its `kind`
+            tags = e.get("ctx", {}).get("discriminator", "'kind'").strip("'")
+            msg = f"`{tags}` is missing: say which one (`kdchain validate --schema` lists the kinds)"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown {e['ctx']['discriminator'].strip(chr(39))} {e['ctx']['tag']!r}; expected one of " \
+                  f"{e['ctx']['expected_tags']}"
         if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
         msgs = by_path.setdefault(path, [])
