@@ -96,7 +96,7 @@ def _not_a_run_failure(record) -> bool:
 def cmd_run(args) -> int:
     from flows import server
 
-    server.prestart()  # Prefect's local server starts while torch, the spec and the store load
+    which_server = server.prestart()  # a temporary Prefect server starts while torch, the spec and the store load
     spec = _load(args)
     from kdchain.chain import missing_resources
 
@@ -141,6 +141,10 @@ def cmd_run(args) -> int:
                            f"chain run {result.chain_run_id}")
     progress.console.print(f"registered models:/{spec.registered_name()}@latest "
                            f"(version {result.registered.rsplit('/', 1)[1]}); `kdchain ui` opens the MLflow UI")
+    waited = server.temporary_startup_seconds()
+    if which_server == "temporary" and waited and waited > 3:
+        progress.console.print(f"Prefect's temporary server took {waited:.0f} s to start; `kdchain server start` "
+                               "keeps one running for later runs (and its UI)")
     return 0
 
 
@@ -189,6 +193,26 @@ def cmd_schedule(args) -> int:
     print(f"kdchain: serving deployment retrain/{name} (cron {args.cron!r}) on {api}; Ctrl-C stops serving", flush=True)
     retrain.serve(name=name, cron=args.cron, parameters=parameters, paused=False,
                   description=f"Scheduled retraining of {spec.name}: champion moves only for a better model")
+    return 0
+
+
+def cmd_server(args) -> int:
+    from flows import server
+
+    if args.action == "start":
+        try:
+            url = server.start_background(args.port)
+        except RuntimeError as e:
+            return _fail(f"kdchain: {e}")
+        print(f"Prefect server at {url.removesuffix('/api')} (UI and API); `kdchain run` uses it from now on "
+              f"instead of starting a temporary one. Stop it with `kdchain server stop`.")
+        return 0
+    if args.action == "stop":
+        print("stopped the Prefect server" if server.stop_background() else "no Prefect server started by kdchain")
+        return 0
+    url = server.background_url()
+    print(f"Prefect server at {url.removesuffix('/api')}" if url else
+          "no Prefect server kept by kdchain: `kdchain run` starts a temporary one (`kdchain server start` keeps one)")
     return 0
 
 
@@ -242,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=cmd_schedule)
+
+    p = sub.add_parser("server", help="keep a Prefect server running between runs (no start-up cost, a UI of every run)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--port", type=int, default=4200, help="port on 127.0.0.1 (start; default 4200)")
+    p.set_defaults(fn=cmd_server)
 
     p = sub.add_parser("compare", help="the generation table of the latest (or one, or every) chain run, from MLflow")
     add_compare_args(p)
