@@ -17,10 +17,11 @@ def test_default_config_round_trips_and_hashes_stably():
     assert spec.generation_names() == ["teacher", "A", "B", "C"]
 
 
-def test_derived_students_halve_the_channels():
+def test_derived_students_scale_width_and_depth():
     spec = load_spec(ROOT / "configs" / "digits-chain.yaml")
     archs = [g.arch for g in resolve_chain(spec)]
-    assert [a.channels for a in archs] == [[32, 64, 128], [16, 32, 64], [8, 16, 32], [4, 8, 16]]
+    assert [a.channels for a in archs] == [[32, 64, 128], [16, 32, 64], [8, 16, 32], [6, 12, 24]]
+    assert [a.convs() for a in archs] == [[2, 2, 2]] * 3 + [[1, 1, 1]]
 
 
 def test_set_overrides_by_index_and_by_generation_name(tmp_path):
