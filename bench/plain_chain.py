@@ -2,6 +2,11 @@
 batch, no caching, no orchestration, no tracking. Same data split, architectures, epochs, seed, optimizer,
 schedule, losses and thread count as the kdchain config, so that bench/vs_plain.py compares like with like.
 
+Images stored as uint8 pixels (marks, CIFAR-10, image folders) are served the way torchvision's CIFAR10 serves
+them: uint8 HWC arrays, `Image.fromarray` per item, then `transforms` (RandomCrop + RandomHorizontalFlip where
+the data set augments, ToTensor, Normalize with the same mean and std). Digits, already float tensors, are
+served as they are. The model runs in float32 with the default memory format, as the example's does.
+
     python bench/plain_chain.py [configs/digits-chain.yaml]   # prints one JSON line per generation
 """
 
@@ -12,7 +17,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from _common import DEFAULT_CONFIG
 from kdchain.chain import resolve_chain
@@ -38,6 +45,37 @@ class DigitsDataset(Dataset):
         return img, int(self.y[i])
 
 
+class ImageDataset(Dataset):
+    """uint8 (N, C, H, W) pixels held as HWC arrays; each item a PIL image through `transform`, as in CIFAR10."""
+
+    def __init__(self, x_u8, y, transform):
+        self.data = x_u8.permute(0, 2, 3, 1).squeeze(-1).numpy()  # (N, H, W, C), or (N, H, W) for one channel
+        self.targets = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def datasets(data, data_spec):
+    """(train, test) Datasets serving the kdchain data bundle's splits the plain way."""
+    if data.train.x.dtype != torch.uint8:  # digits: normalised float tensors already
+        return DigitsDataset(data.train.x, data.train.y), DigitsDataset(data.test.x, data.test.y)
+    norm = data.train.transform  # kdchain.images.Normalise: the same mean and std
+    tail = [transforms.ToTensor(), transforms.Normalize(norm.mean.flatten().tolist(), norm.std.flatten().tolist())]
+    aug = getattr(data_spec, "augment", None)
+    head = []
+    if data.augment is not None and aug is not None:
+        size = data.train.x.shape[-1]
+        head = ([transforms.RandomCrop(size, padding=aug.crop_padding)] if aug.crop_padding else []) + \
+               ([transforms.RandomHorizontalFlip()] if aug.flip else [])
+    return (ImageDataset(data.train.x, data.train.y, transforms.Compose(head + tail)),
+            ImageDataset(data.test.x, data.test.y, transforms.Compose(tail)))
+
+
 def accuracy(model, loader):
     model.eval()
     correct = total = 0
@@ -53,8 +91,8 @@ def main(config):
     spec = load_spec(config)
     torch.set_num_threads(spec.teacher.train.threads or free_cores())  # what kdchain picks, for a fair race
     data = load_data(spec.data, spec.seed)
-    train_set = DigitsDataset(data.train.x, data.train.y)
-    test_loader = DataLoader(DigitsDataset(data.test.x, data.test.y), batch_size=256)
+    train_set, test_set = datasets(data, spec.data)
+    test_loader = DataLoader(test_set, batch_size=256)
     teacher = None
     for gen in resolve_chain(spec):
         t0 = time.perf_counter()
@@ -69,7 +107,7 @@ def main(config):
         for epoch in range(tr.epochs):
             for x, y in loader:
                 logits = model(x)
-                if teacher is None:
+                if teacher is None or not any(term.kind == "kd" for term in gen.distill):
                     loss = F.cross_entropy(logits, y)
                 else:
                     with torch.no_grad():
