@@ -14,7 +14,7 @@ import torch
 from _common import DEFAULT_CONFIG
 from kdchain.chain import build_loss, resolve_chain
 from kdchain.data import LOADERS, load_data
-from kdchain.engine import fit
+from kdchain.engine import fit, use_bf16
 from kdchain.models import build_model
 from kdchain.specs import load_spec
 
@@ -37,7 +37,7 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; data {kind} {tuple(data.input_shape)}, {len(data.train)} training images; "
-          f"bf16 autocast {'on' if device.type == 'cuda' else 'off (CPU)'}, channels_last, compile {args.compile}")
+          f"bf16 autocast {'on' if use_bf16(device) else 'off (no native bf16)'}, channels_last, compile {args.compile}")
 
     def images_per_s(index: int, teacher, cache: str) -> tuple[float, torch.nn.Module, str]:
         gen = gens[index]

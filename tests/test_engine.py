@@ -58,3 +58,18 @@ def test_profile_counts_params_flops_latency_size():
     assert prof.flops > 8 * 9 * 64 * 2
     assert 0 < prof.latency_ms < 50
     assert prof.size_bytes > prof.params * 4
+
+
+def test_bf16_and_fp32_training_learn_alike():
+    """train.precision: bf16 autocast (auto here when the CPU computes bf16 natively) learns as well as fp32."""
+    from kdchain.engine import use_bf16
+
+    assert not use_bf16(torch.device("cpu"), "fp32") and use_bf16(torch.device("cpu"), "bf16")
+    data = load_data(DigitsData(), 0)
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(CnnArch(channels=[16, 32]), 10, 1)
+        fit(model, None, DistillLoss([CeLoss()]), data, TrainSpec(epochs=4, lr=0.01, precision=precision))
+        acc[precision] = evaluate(model, data.test)
+    assert acc["bf16"] > 0.85 and abs(acc["bf16"] - acc["fp32"]) < 0.05, acc
