@@ -1,10 +1,10 @@
 """Wall time of a generation-A search on `marks` with 1 and with 2 local Dask workers, and how its winner compares
 with the best candidate within budget.
 
-    python bench/search_workers.py [--train-size 4000] [--proxy-epochs 2] [--verify]
+    python bench/search_workers.py [--train-size 5000] [--proxy-epochs 3] [--difficulty 0.8] [--verify]
 
-The teacher is trained once (library call); then the same search (12 candidates: 6 widths x 2 depths, a params
-budget, every in-budget candidate a trial) runs as the Prefect subflow `search-generation` on a local Dask cluster
+The teacher is trained once (library call); then the same search (16 candidates: 8 widths x 2 depths, 12 of them
+within the params budget, every in-budget candidate a trial; no augmentation, so the teacher's outputs are cached) runs as the Prefect subflow `search-generation` on a local Dask cluster
 of 1, then 2 worker processes (1 torch thread each). Prints one line per run and the winner's gap to the best
 trial. `--verify` then trains every in-budget candidate for the generation's full epochs (library calls, the same
 loss and seed) and prints how far the searched winner's full-training val accuracy is from the best of them: the
@@ -26,8 +26,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-size", type=int, default=4000)
-    ap.add_argument("--proxy-epochs", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=5000)
+    ap.add_argument("--proxy-epochs", type=int, default=3)
+    ap.add_argument("--difficulty", type=float, default=0.8)
     ap.add_argument("--verify", action="store_true", help="train every in-budget candidate fully and compare")
     ap.add_argument("--max-params", type=int, default=60000)
     args = ap.parse_args()
@@ -42,12 +43,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="search-bench-"))
     cfg = {"name": "marks-search", "seed": 0, "workdir": str(tmp / "work"),
            "data": {"kind": "marks", "train_size": args.train_size, "val_size": 1000, "test_size": 1000,
-                    "image_size": 32, "difficulty": 0.95},
+                    "image_size": 32, "difficulty": args.difficulty,
+                    "augment": {"crop_padding": 0, "flip": False}},
            "teacher": {"model": {"kind": "cnn", "channels": [32, 64, 128], "convs_per_stage": 2},
-                       "train": {"epochs": 8, "lr": 0.003, "batch_size": 128, "threads": 2}},
+                       "train": {"epochs": 10, "lr": 0.003, "batch_size": 128, "threads": 2}},
            "generations": [{"name": "A", "student": {"derive": {"width": 0.5}},
-                            "train": {"epochs": 6, "lr": 0.003, "batch_size": 128},
-                            "search": {"space": {"width": [0.25, 0.375, 0.5, 0.625, 0.75, 1.0], "depth": [0.5, 1.0]},
+                            "train": {"epochs": 8, "lr": 0.003, "batch_size": 128},
+                            "search": {"space": {"width": [0.25, 0.3125, 0.375, 0.4375, 0.5, 0.5625, 0.625, 0.75],
+                                                 "depth": [0.5, 1.0]},
                                        "budget": {"max_params": args.max_params}, "trials": 12,
                                        "proxy_epochs": args.proxy_epochs, "prune": False,
                                        "runner": {"kind": "dask", "workers": 1}}}],
