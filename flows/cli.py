@@ -149,6 +149,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_retrain(args) -> int:
+    from flows import server
+
+    server.prestart()  # the kept server, or a temporary one starting while the spec loads
     spec = _load(args)
     import logging
 
@@ -156,6 +159,7 @@ def cmd_retrain(args) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     progress.console.print(f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting Prefect)")
+    server.ready()
     progress.enable()
     try:
         result = retrain(spec, tracking_uri=args.tracking_uri)
@@ -170,7 +174,12 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_schedule(args) -> int:
+    from flows import server
+
     spec = _load(args)  # a bad config fails here, before anything is served
+    kept = None if os.environ.get("PREFECT_API_URL") else server.background_url()
+    if kept:  # before prefect's settings load: the server `kdchain server start` keeps
+        os.environ["PREFECT_API_URL"] = kept
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.settings import get_current_settings
     from pydantic import ValidationError
@@ -182,8 +191,8 @@ def cmd_schedule(args) -> int:
                      "(five fields: minute hour day month weekday, e.g. '0 3 * * 1' = Mondays 03:00)")
     api = get_current_settings().api.url
     if not api:
-        return _fail("kdchain schedule: schedules fire only with a Prefect server: run `prefect server start`, then "
-                     "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export it) and retry")
+        return _fail("kdchain schedule: schedules fire only with a Prefect server that outlives this command: run "
+                     "`kdchain server start` (or point PREFECT_API_URL at your server) and retry")
     from flows.retrain import retrain
 
     name = args.name or f"{spec.name}-retrain"
