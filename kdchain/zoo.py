@@ -84,8 +84,18 @@ def apply_freeze(model: nn.Module, arch: TorchvisionArch) -> None:
             top = ", ".join(n for n, _ in model.named_children())
             raise SpecError([f"model.freeze: {prefix!r} matches no module of {arch.name}; "
                              f"use a module-name prefix such as one of: {top}"])
-        for p in model.get_submodule(prefix).parameters():
+        frozen = model.get_submodule(prefix)
+        for p in frozen.parameters():
             p.requires_grad_(False)
+        for m in frozen.modules():  # a frozen BatchNorm must not keep learning its running statistics either
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_keep_eval)
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    """Forward pre-hook of a frozen BatchNorm: normalise with the stored statistics and never update them, also
+    while the rest of the model trains (`model.train()` sets every module's flag; this undoes it for this one)."""
+    module.training = False
 
 
 @register("torchvision", derive=lambda arch, derive: derive_torchvision(arch, derive))

@@ -208,3 +208,16 @@ def test_one_epoch_chains_on_cifar_files_and_png_folder(prefect_harness, tmp_pat
             assert [g.metrics["params"] for g in result.generations][0] == 75_290
         else:  # colour classes: even one epoch beats chance (1/3)
             assert result.generations[0].metrics["test_accuracy"] > 0.5
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_head_trains():
+    model = build_model(TorchvisionArch(name="mobilenet_v3_small", freeze=["features"]), 10, 3)
+    bn = next(m for m in model.features.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model.train()
+    model(torch.randn(4, 3, 64, 64) * 5 + 3)
+    assert torch.equal(bn.running_mean, before), "a frozen BatchNorm's running statistics did not move"
+    again = pickle.loads(pickle.dumps(model)).train()  # as MLflow logs it: the freeze survives the round trip
+    again(torch.randn(4, 3, 64, 64) * 5 + 3)
+    bn_again = next(m for m in again.features.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(bn_again.running_mean, before)
