@@ -177,9 +177,7 @@ def cmd_schedule(args) -> int:
     from flows import server
 
     spec = _load(args)  # a bad config fails here, before anything is served
-    kept = None if os.environ.get("PREFECT_API_URL") else server.background_url()
-    if kept:  # before prefect's settings load: the server `kdchain server start` keeps
-        os.environ["PREFECT_API_URL"] = kept
+    server.use_kept()  # never a temporary server: the schedule must outlive this command
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.settings import get_current_settings
     from pydantic import ValidationError

@@ -1,11 +1,12 @@
 """Which Prefect server `kdchain run` talks to, and how its start-up stays off the critical path.
 
 In order:
-1. PREFECT_API_URL (environment or Prefect profile): that server; nothing here starts anything.
+1. PREFECT_API_URL in the environment: that server; nothing here starts anything.
 2. A server kept in the background by `kdchain server start` (Prefect's own `prefect server start --background`,
    its URL recorded in $PREFECT_HOME/kdchain-server.json): used when its health check answers. No start-up cost,
    and its UI shows every run's flow and task runs.
-3. Otherwise Prefect's temporary local server. With no PREFECT_API_URL the first Prefect client starts
+3. PREFECT_API_URL in the active Prefect profile.
+4. Otherwise Prefect's temporary local server. With no PREFECT_API_URL the first Prefect client starts
    `SubprocessASGIServer()` (a per-process singleton: a uvicorn subprocess, 7-15 s on this 2-core box) and waits
    for its health check. `prestart()` does that in a thread while the caller imports torch/MLflow, checks the
    spec and opens the store; `ready()` joins it before the flow runs, and the flow's client then finds the same
@@ -97,16 +98,23 @@ def _start() -> None:
         _error.append(e)
 
 
+def use_kept() -> bool:
+    """Point Prefect at the kept server when PREFECT_API_URL is not set and one answers; before prefect's settings
+    load (they read the environment once)."""
+    url = None if os.environ.get("PREFECT_API_URL") else background_url()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    return url is not None
+
+
 def prestart() -> str:
     """Pick the server (see the module docstring) before prefect is imported; returns which: "configured",
     "background" or "temporary"."""
     global _thread
+    if use_kept():
+        return "background"
     if os.environ.get("PREFECT_API_URL"):
         return "configured"
-    url = background_url()
-    if url:
-        os.environ["PREFECT_API_URL"] = url  # read when prefect's settings load, which has not happened yet
-        return "background"
     if os.environ.get("KDCHAIN_PREFECT_PRESTART") == "0" or _thread is not None:
         return "temporary"
     from prefect.settings import PREFECT_API_URL

@@ -364,13 +364,16 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     else:
         metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
     t2 = time.perf_counter()
-    metrics.update({k: float(v) for k, v in profile(student, input_shape).as_dict().items()})
+    costs = profile(student, input_shape)
+    metrics.update({k: float(v) for k, v in costs.as_dict().items()})
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
     # ONNX beside the checkpoint, checked on the test batch (max |diff| of logits <= 1e-4), timed against torch
+    # eager (whose batch-1 latency the profile has just measured)
     test_batch = next(batches(data.test, 256, shuffle=False))[0]
-    metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch))
+    metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch,
+                                      eager_latency_ms=costs.latency_ms))
     t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,

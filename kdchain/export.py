@@ -5,14 +5,14 @@ a deployment box running one model per core), after a warm-up, as medians.
 """
 
 import copy
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from kdchain.profile import latency_ms, median_seconds
 
 MAX_ABS_DIFF = 1e-4  # tolerance of ONNX Runtime logits against torch's
 
@@ -66,41 +66,33 @@ def check_onnx(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     return diff
 
 
-def _median_seconds(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure_speed(model: nn.Module, path: Path, input_shape: tuple[int, ...], threads: int = 1,
-                  runs: int = 30, warmup: int = 5) -> Speed:
-    """Torch eager and ONNX Runtime on the same inputs: median batch-1 latency, batch-64 throughput."""
+                  runs: int = 30, warmup: int = 5, eager_latency_ms: float | None = None) -> Speed:
+    """Torch eager and ONNX Runtime on the same inputs: median batch-1 latency, batch-64 throughput.
+    `eager_latency_ms`: the eager batch-1 latency when the caller has just measured it (kdchain.profile)."""
     cpu = copy.deepcopy(model).cpu().eval()
     session = ort_session(path, threads)
-    x1, x64 = torch.randn(1, *input_shape), torch.randn(64, *input_shape)
-    n1, n64 = x1.numpy(), x64.numpy()
+    x64 = torch.randn(64, *input_shape)
+    n1, n64 = torch.randn(1, *input_shape).numpy(), x64.numpy()
+    if eager_latency_ms is None:
+        eager_latency_ms = latency_ms(cpu, input_shape, runs, warmup, threads)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            t1 = _median_seconds(lambda: cpu(x1), runs, warmup)
-            t64 = _median_seconds(lambda: cpu(x64), max(5, runs // 5), max(2, warmup // 5))
+            t64 = median_seconds(lambda: cpu(x64), max(5, runs // 5), max(2, warmup // 5))
     finally:
         torch.set_num_threads(old)
-    o1 = _median_seconds(lambda: session.run(["logits"], {"x": n1}), runs, warmup)
-    o64 = _median_seconds(lambda: session.run(["logits"], {"x": n64}), max(5, runs // 5), max(2, warmup // 5))
-    return Speed(latency_ms=t1 * 1000, latency_ms_onnx=o1 * 1000, throughput_ips=64 / t64,
+    o1 = median_seconds(lambda: session.run(["logits"], {"x": n1}), runs, warmup)
+    o64 = median_seconds(lambda: session.run(["logits"], {"x": n64}), max(5, runs // 5), max(2, warmup // 5))
+    return Speed(latency_ms=eager_latency_ms, latency_ms_onnx=o1 * 1000, throughput_ips=64 / t64,
                  throughput_ips_onnx=64 / o64)
 
 
 def export_and_measure(model: nn.Module, input_shape: tuple[int, ...], path: Path, check_x: torch.Tensor,
-                       threads: int = 1) -> dict[str, float]:
+                       threads: int = 1, eager_latency_ms: float | None = None) -> dict[str, float]:
     """Export, check on `check_x` (raises ExportMismatch), time; returns the metrics to log."""
     export_onnx(model, input_shape, path)
     diff = check_onnx(model, path, check_x)
-    return {"onnx_max_abs_diff": diff, **measure_speed(model, path, input_shape, threads).as_dict()}
+    return {"onnx_max_abs_diff": diff,
+            **measure_speed(model, path, input_shape, threads, eager_latency_ms=eager_latency_ms).as_dict()}

@@ -29,6 +29,18 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+def median_seconds(fn, runs: int, warmup: int) -> float:
+    """Median wall time of `runs` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], runs: int = 30, warmup: int = 5,
                threads: int = 1) -> float:
     """Median of `runs` timed forwards at batch 1 after `warmup`, on `threads` CPU threads (a deployment box)."""
@@ -37,16 +49,9 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], runs: int = 30, w
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
+            return median_seconds(lambda: model(x), runs, warmup) * 1000
     finally:
         torch.set_num_threads(old_threads)
-    return statistics.median(times) * 1000
 
 
 def size_bytes(model: nn.Module) -> int:

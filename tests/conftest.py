@@ -30,6 +30,15 @@ def tiny_chain(tmp_path: Path, name: str = "tiny", epochs: int = 1, **overrides)
     return cfg
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_config(tmp_path: Path, cfg: dict, filename: str = "chain.yaml") -> Path:
     path = tmp_path / filename
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, tiny_chain, write_config
+from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def chain(tmp_path_factory, prefect_harness):
 def server(chain):
     """`kdchain ui` on a free port: the deep links it prints, and the base URL of its mlflow server."""
     result, cfg = chain
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--tracking-uri", cfg["tracking"]["uri"],
                              "--port", str(port), "--no-browser"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)

@@ -6,7 +6,6 @@ Slow by nature (a Prefect server, two served retrains, a cron minute): about 2-3
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,11 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from tests.conftest import ROOT, tiny_chain, write_config
+from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
 NAME = "sched"
 MODEL = f"{NAME}-student"
 DEPLOYMENT = "sched-retrain"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(cmd: list[str], env: dict, log) -> subprocess.Popen:
@@ -98,7 +91,7 @@ def test_scheduled_retrain_promotes_better_and_keeps_champion_against_worse(tmp_
     cfg["generations"] = cfg["generations"][:1]  # teacher -> A: enough to show promotion
     config = write_config(tmp_path, cfg)
     store = cfg["tracking"]["uri"]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",

@@ -2,23 +2,16 @@
 the run visible in its API and UI), and `kdchain server stop` stops it."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import httpx
 
-from tests.conftest import ROOT, tiny_chain, write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
 
 def test_kept_server_serves_later_runs_and_stops(tmp_path):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
