@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--library-only", metavar="WORKDIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.library_only:
-        return library_only(args.config, args.library_only)
+        library_only(args.config, args.library_only)
+        from flows.fastexit import exit_now  # the exit `kdchain run` takes: the comparison stays like for like
+
+        exit_now(0)
 
     rows = []
     kept_env = {**ENV, "PREFECT_HOME": tempfile.mkdtemp(prefix="kdchain-kept-prefect-")}

@@ -315,5 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def entry() -> None:
+    """The `kdchain` command (and `python -m flows.cli`); tests call main() and keep their process."""
+    from flows.fastexit import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
