@@ -1,14 +1,17 @@
 """The chain flow end to end on a 1-epoch config: MLflow layout, registry, resume, the CLI's table."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 import flows.chain as chain_flow
 from flows.chain import distill_chain
 from flows.cli import main
+from kdchain import tracking
 from kdchain.data import load_data
 from kdchain.specs import load_spec
 from kdchain.tracking import FINAL_KEYS
@@ -63,6 +66,13 @@ def test_chain_records_every_generation_and_registers_the_last(tmp_path, capsys)
     data = load_data(load_spec(path).data, 0)
     acc = (model.eval()(data.test.x).argmax(1) == data.test.y).float().mean().item()
     assert acc == pytest.approx(gens[-1].data.metrics["test_accuracy"], abs=1e-6)
+    # its requirements pin the torch it was trained with; MLflow's own requirement check, skipped while kdchain
+    # logged it (it cannot warn on requirements read from the installed versions), is back for everyone else
+    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/layout-student@latest")).read_text()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements.split()
+    import mlflow.utils.environment as environment
+
+    assert environment.warn_dependency_requirement_mismatches is not tracking._no_requirement_check
 
 
 def test_rerun_reuses_every_finished_generation(tmp_path):

@@ -190,6 +190,19 @@ def test_two_chains_started_together_on_one_fresh_store_both_finish_intact(tmp_p
 # ---------------------------------------------------------------------------------------------- resources
 
 
+def test_the_command_keeps_its_exit_code_and_its_output_through_the_fast_exit(tmp_path):
+    """`kdchain` leaves with os._exit after flushing: piped (block-buffered) output must still arrive, and the
+    exit code must be main()'s."""
+    ok = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(ROOT / "configs" / "digits-chain.yaml")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "OK"), ok.stderr
+    missing = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(tmp_path / "nope.yaml")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert "nope.yaml: no such config file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_a_store_that_cannot_be_written_exits_2_saying_what_to_change(tmp_path, capfd):
     (tmp_path / "blocker").write_text("a file where the store's folder should be")
     cfg = tiny_chain(tmp_path, tracking={"uri": f"sqlite:///{tmp_path / 'blocker' / 'store' / 'mlflow.db'}"})
