@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdchain.chain import train_generation  # noqa: E402
-from kdchain.specs import load_spec  # noqa: E402
+from kdchain.spec import load_spec  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "digits-chain.yaml"))

@@ -11,11 +11,12 @@ import statistics
 import torch
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import build_loss, resolve_chain
+from kdchain.chain import build_loss
+from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
-from kdchain.engine import fit
+from kdchain.distill import fit
 from kdchain.models import build_model
-from kdchain.specs import CeLoss, load_spec
+from kdchain.spec import CeLoss, load_spec
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from flows import server  # noqa: E402
 WHICH_SERVER = server.prestart()  # as `kdchain run` does: a kept server, or a temporary one overlapping the imports
 
 from flows.chain import distill_chain  # noqa: E402
-from kdchain.specs import load_spec  # noqa: E402
+from kdchain.spec import load_spec  # noqa: E402
 
 T_IMPORTED = time.time()
 

@@ -1,5 +1,5 @@
 """Images/s of teacher training and of distillation with the data resident on the device, bf16 autocast and
-channels_last (both on by default on CUDA in kdchain.engine), cached and live teacher.
+channels_last (both on by default on CUDA in kdchain.distill.engine), cached and live teacher.
 
     python bench/gpu.py [--device cuda] [--data marks] [--size 32] [--epochs 5] [--compile]
 
@@ -12,11 +12,12 @@ import argparse
 import torch
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import build_loss, resolve_chain
+from kdchain.chain import build_loss
+from kdchain.resolve import resolve_chain
 from kdchain.data import LOADERS, load_data
-from kdchain.engine import fit, use_bf16
+from kdchain.distill import fit, use_bf16
 from kdchain.models import build_model
-from kdchain.specs import load_spec
+from kdchain.spec import load_spec
 
 
 def main() -> None:

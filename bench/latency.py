@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from _common import ROOT
-from kdchain.chain import load_checkpoint
-from kdchain.export import export_onnx, measure_speed
+from kdchain.checkpoints import load_checkpoint
+from kdchain.measure.export import export_onnx, measure_speed
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ import time
 import torch
 
 from kdchain.data import load_data
-from kdchain.engine import evaluate, fit
-from kdchain.losses import DistillLoss
+from kdchain.distill import evaluate, fit
+from kdchain.distill.losses import DistillLoss
 from kdchain.models import build_model, count_params
-from kdchain.specs import CeLoss, CnnArch, MarksData, TrainSpec
+from kdchain.spec import CeLoss, CnnArch, MarksData, TrainSpec
 
 MODELS = {"mid": CnnArch(channels=[32, 64, 128], convs_per_stage=2), "small": CnnArch(channels=[16, 32, 48])}
 

@@ -32,8 +32,9 @@ def kept_server(action: str, env: dict) -> None:
 
 def library_only(config: str, workdir: str) -> None:
     """The library calls `kdchain run` makes, in order, with nothing around them."""
-    from kdchain.chain import check_chain, train_generation
-    from kdchain.specs import load_spec
+    from kdchain.chain import train_generation
+    from kdchain.checks import check_chain
+    from kdchain.spec import load_spec
 
     spec = load_spec(config, [f"workdir={workdir}"])
     gens = check_chain(spec)

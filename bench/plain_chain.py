@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import resolve_chain
+from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
-from kdchain.engine import free_cores
+from kdchain.distill import free_cores
 from kdchain.models import build_model
-from kdchain.specs import load_spec
+from kdchain.spec import load_spec
 
 
 class DigitsDataset(Dataset):
@@ -64,7 +64,7 @@ def datasets(data, data_spec):
     """(train, test) Datasets serving the kdchain data bundle's splits the plain way."""
     if data.train.x.dtype != torch.uint8:  # digits: normalised float tensors already
         return DigitsDataset(data.train.x, data.train.y), DigitsDataset(data.test.x, data.test.y)
-    norm = data.train.transform  # kdchain.images.Normalise: the same mean and std
+    norm = data.train.transform  # kdchain.data.folder.Normalise: the same mean and std
     tail = [transforms.ToTensor(), transforms.Normalize(norm.mean.flatten().tolist(), norm.std.flatten().tolist())]
     aug = getattr(data_spec, "augment", None)
     head = []

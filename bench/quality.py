@@ -28,8 +28,8 @@ from _common import ROOT  # noqa: E402
 
 import yaml  # noqa: E402
 
-from kdchain.chain import resolve_chain  # noqa: E402
-from kdchain.specs import apply_override, spec_from_dict  # noqa: E402
+from kdchain.resolve import resolve_chain  # noqa: E402
+from kdchain.spec import apply_override, spec_from_dict  # noqa: E402
 
 CONFIGS = {"digits": ROOT / "configs" / "digits-chain.yaml", "marks": ROOT / "configs" / "marks-chain.yaml"}
 METHODS = {
@@ -138,7 +138,7 @@ def main() -> None:
     import logging
 
     from flows.chain import distill_chain  # prefect imported here, after the environment is set
-    from kdchain.engine import pick_device
+    from kdchain.distill import pick_device
     from kdchain.tracking import prepare_store
 
     prepare_store(args.tracking_uri)

@@ -35,9 +35,12 @@ def main() -> None:
 
     from flows.chain import GenerationResult
     from flows.search import searched_spec
-    from kdchain.chain import ARCH, check_chain, file_digest, train_generation
+    from kdchain.chain import train_generation
+    from kdchain.checkpoints import ARCH
+    from kdchain.checks import check_chain
+    from kdchain.resolve import file_digest
     from kdchain.search import _with_student, candidates
-    from kdchain.specs import spec_from_dict
+    from kdchain.spec import spec_from_dict
     from kdchain.tracking import Tracker
 
     tmp = Path(tempfile.mkdtemp(prefix="search-bench-"))

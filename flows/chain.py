@@ -16,12 +16,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from pydantic import BaseModel
 
 from flows import progress
-from kdchain.chain import (CheckpointError, ResolvedGeneration, chain_digest, check_chain, file_digest,
-                           generation_key, load_checkpoint, pin_teacher, resolve_chain, teacher_indices,
-                           train_generation)
-from kdchain.engine import Diverged, StateUnreadable, load_train_state
+from kdchain.chain import train_generation
+from kdchain.checkpoints import CheckpointError, load_checkpoint, pin_teacher
+from kdchain.checks import check_chain
+from kdchain.distill import Diverged, StateUnreadable, load_train_state
 from kdchain.models import describe
-from kdchain.specs import ChainSpec, load_spec
+from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, generation_key, resolve_chain,
+                             teacher_indices)
+from kdchain.spec import ChainSpec, load_spec
 from kdchain.tracking import Tracker, resolve_uri, ui_base
 
 

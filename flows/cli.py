@@ -20,7 +20,7 @@ from rich.table import Table  # noqa: E402
 
 from flows import progress  # noqa: E402
 from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
-from kdchain.specs import SpecError, load_spec  # noqa: E402
+from kdchain.spec import SpecError, load_spec  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -47,7 +47,7 @@ def generation_table(rows: list[dict], title: str) -> Table:
 
 def _load(args):
     spec = load_spec(args.config, args.set or [])
-    from kdchain.chain import check_chain
+    from kdchain.checks import check_chain
 
     check_chain(spec, source=str(args.config))
     return spec
@@ -58,7 +58,7 @@ def _load(args):
 
 def cmd_validate(args) -> int:
     if args.schema:
-        from kdchain.specs import ChainSpec
+        from kdchain.spec import ChainSpec
 
         print(json.dumps(ChainSpec.model_json_schema(), indent=2))
         return 0
@@ -68,7 +68,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from kdchain.chain import inspect_chain
+    from kdchain.checks import inspect_chain
 
     spec = _load(args)
     rows = inspect_chain(spec, with_nodes=args.nodes)
@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
 
     which_server = server.prestart()  # a temporary Prefect server starts while torch, the spec and the store load
     spec = _load(args)
-    from kdchain.chain import missing_resources
+    from kdchain.checks import missing_resources
 
     missing = missing_resources(spec, str(args.config))
     if missing:  # before Prefect or MLflow start: nothing is trained or written
@@ -299,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
-        from kdchain.chain import CheckpointError, ResourceError, resource_error
-        from kdchain.engine import Diverged
+        from kdchain.chain import ResourceError, resource_error
+        from kdchain.checkpoints import CheckpointError
+        from kdchain.distill import Diverged
         from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
         from kdchain.tracking import CheckpointSourceError

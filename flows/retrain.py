@@ -19,7 +19,7 @@ from kdchain.chain import score_checkpoint
 from kdchain.data import data_fingerprint
 from kdchain.promotion import (CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown,
                                decision_tags)
-from kdchain.specs import ChainSpec, load_spec
+from kdchain.spec import ChainSpec, load_spec
 
 
 class RetrainResult(BaseModel):

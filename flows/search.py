@@ -16,11 +16,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
-from kdchain.chain import resolve_chain
+from kdchain.resolve import resolve_chain
 from kdchain.search import (Candidate, SearchResult, TrialResult, ask, enqueue_all_if_few, field_of, make_study,
                             pareto_front, pareto_plot, run_trial, search_key, select_winner, tell, within_budget,
                             worker_name)
-from kdchain.specs import ChainSpec, SearchRunner, SpecError
+from kdchain.spec import ChainSpec, SearchRunner, SpecError
 from kdchain.tracking import Tracker
 
 

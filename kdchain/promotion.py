@@ -6,7 +6,7 @@ spec's `promotion` section. Applying the decision (moving aliases) is kdchain.tr
 
 from dataclasses import dataclass, field
 
-from kdchain.specs import PromotionSpec
+from kdchain.spec import PromotionSpec
 
 PROMOTED, CHALLENGER, UNCHANGED = "promoted", "challenger", "unchanged"
 

@@ -18,7 +18,14 @@ import optuna
 import torch
 from pydantic import BaseModel
 
-from kdchain.specs import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, SearchSpec, SpecError, canonical_json,
+from kdchain.chain import build_loss
+from kdchain.checkpoints import ARCH, load_checkpoint
+from kdchain.data import input_info, load_data
+from kdchain.distill import fit, pick_device
+from kdchain.measure.profile import count_flops, latency_ms
+from kdchain.models import build_model, derive_arch, describe
+from kdchain.resolve import resolve_chain
+from kdchain.spec import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, SearchSpec, SpecError, canonical_json,
                            spec_hash)
 
 AXES = ("width", "depth", "temperature", "kd_weight")
@@ -77,8 +84,6 @@ def _grid(search: SearchSpec) -> list[dict[str, float]]:
 def candidate_arch(spec: ChainSpec, index: int, teacher_arch, params: dict[str, float]):
     """The student of generation `index` at this point of the space: the teacher's architecture scaled (or the
     written-out student scaled, when the generation names one)."""
-    from kdchain.models import derive_arch
-
     student = spec.generations[index - 1].student
     to = student.derive.to if isinstance(student, DeriveStudent) else "same"
     base = teacher_arch if isinstance(student, DeriveStudent) else student
@@ -104,10 +109,6 @@ def candidate_distill(distill: list, params: dict[str, float]) -> list:
 
 def candidates(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
     """Every point of generation `index`'s space with its cost and the budget limits it breaks; no training."""
-    from kdchain.data import input_info
-    from kdchain.models import build_model, describe
-    from kdchain.profile import count_flops, latency_ms
-
     search = spec.generations[index - 1].search
     budget = search.budget
     input_shape, num_classes = input_info(spec.data)
@@ -244,11 +245,6 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
               torch_threads: int, on_epoch=None) -> TrialResult:
     """Proxy-train one candidate for `proxy_epochs` against the teacher and return its val accuracy. Each epoch's
     val accuracy goes to the study (journal file); a trial the pruner calls hopeless stops there."""
-    from kdchain.chain import ARCH, build_loss, load_checkpoint, resolve_chain
-    from kdchain.data import load_data
-    from kdchain.engine import fit, pick_device
-    from kdchain.models import build_model
-
     torch.set_num_threads(torch_threads)  # trials side by side must not oversubscribe the cores
     t0 = time.perf_counter()
     gen_spec = spec.generations[index - 1]
@@ -299,8 +295,6 @@ def apply_winner(spec: ChainSpec, index: int, result: SearchResult) -> ChainSpec
     """The spec with generation `index`'s student written out as the winner (its distill with the winner's
     temperature/weights) and its search done (None): its cache key, and the next generation's derivation,
     follow from it."""
-    from kdchain.chain import ARCH
-
     win = result.winning()
     return _with_student(spec, index, ARCH.validate_python(win.arch), win.params)
 

@@ -3,11 +3,11 @@
 import torch
 
 from kdchain.data import load_data
-from kdchain.engine import evaluate, fit
-from kdchain.losses import DistillLoss
+from kdchain.distill import evaluate, fit
+from kdchain.distill.losses import DistillLoss
 from kdchain.models import build_model, count_params
-from kdchain.profile import profile
-from kdchain.specs import CeLoss, CnnArch, DigitsData, KdLoss, TrainSpec
+from kdchain.measure.profile import profile
+from kdchain.spec import CeLoss, CnnArch, DigitsData, KdLoss, TrainSpec
 
 
 def test_digits_split_is_stratified_seeded_and_normalised():
@@ -62,7 +62,7 @@ def test_profile_counts_params_flops_latency_size():
 
 def test_bf16_and_fp32_training_learn_alike():
     """train.precision: bf16 autocast (auto here when the CPU computes bf16 natively) learns as well as fp32."""
-    from kdchain.engine import use_bf16
+    from kdchain.distill import use_bf16
 
     assert not use_bf16(torch.device("cpu"), "fp32") and use_bf16(torch.device("cpu"), "bf16")
     data = load_data(DigitsData(), 0)

@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 from flows.cli import main
-from kdchain.augment import random_crop, random_flip
-from kdchain.chain import resolve_chain
+from kdchain.data.augment import random_crop, random_flip
+from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
-from kdchain.engine import fit
-from kdchain.losses import DistillLoss
-from kdchain.marks import generate
-from kdchain.zoo import _meta, head_name
+from kdchain.distill import fit
+from kdchain.distill.losses import DistillLoss
+from kdchain.data.marks import generate
+from kdchain.models.torchvision import _meta, head_name
 from kdchain.models import build_model, count_params, derive_arch
-from kdchain.specs import (CeLoss, Derive, DigitsData, ImageFolderData, MarksData, ResnetArch, TorchvisionArch, TrainSpec,
+from kdchain.spec import (CeLoss, Derive, DigitsData, ImageFolderData, MarksData, ResnetArch, TorchvisionArch, TrainSpec,
                            spec_from_dict)
 from tests.conftest import ROOT, write_config
 

@@ -13,7 +13,7 @@ from flows.chain import distill_chain
 from flows.cli import main
 from kdchain import tracking
 from kdchain.data import load_data
-from kdchain.specs import load_spec
+from kdchain.spec import load_spec
 from kdchain.tracking import FINAL_KEYS
 from tests.conftest import tiny_chain, write_config
 
@@ -72,7 +72,7 @@ def test_chain_records_every_generation_and_registers_the_last(tmp_path, capsys)
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements.split()
     import mlflow.utils.environment as environment
 
-    assert environment.warn_dependency_requirement_mismatches is not tracking._no_requirement_check
+    assert environment.warn_dependency_requirement_mismatches is not tracking.runs._no_requirement_check
 
 
 def test_rerun_reuses_every_finished_generation(tmp_path):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kdchain.losses import DistillLoss, FeatureAdapter, feature_loss, kd_loss
-from kdchain.specs import CeLoss, FeatureLoss, KdLoss
+from kdchain.distill.losses import DistillLoss, FeatureAdapter, feature_loss, kd_loss
+from kdchain.spec import CeLoss, FeatureLoss, KdLoss
 
 
 def softmax(xs):

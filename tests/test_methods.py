@@ -4,12 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdchain.chain import build_loss, check_chain, resolve_chain, train_generation
-from kdchain.engine import fit
+from kdchain.chain import build_loss, train_generation
+
+from kdchain.checks import check_chain
+
+from kdchain.resolve import resolve_chain
+from kdchain.distill import fit
 from kdchain.data import load_data
-from kdchain.losses import (DistillLoss, HintRegressor, at_loss, dkd_loss, fitnet_loss, rkd_loss, teacher_key)
+from kdchain.distill.losses import (DistillLoss, HintRegressor, at_loss, dkd_loss, fitnet_loss, rkd_loss, teacher_key)
 from kdchain.models import build_model
-from kdchain.specs import FitnetLoss, KdLoss, SpecError, spec_from_dict
+from kdchain.spec import FitnetLoss, KdLoss, SpecError, spec_from_dict
 from tests.conftest import tiny_chain
 
 RNG = np.random.default_rng(0)

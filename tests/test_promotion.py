@@ -9,7 +9,7 @@ from flows.cli import main
 from kdchain import tracking
 from kdchain.data import files_fingerprint
 from kdchain.promotion import CHALLENGER, PROMOTED, UNCHANGED, Candidate, decide
-from kdchain.specs import PromotionSpec, SpecError, spec_from_dict
+from kdchain.spec import PromotionSpec, SpecError, spec_from_dict
 from tests.conftest import tiny_chain, write_config
 
 

@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from kdchain.data import load_data
-from kdchain.engine import fit, load_train_state
-from kdchain.losses import DistillLoss
+from kdchain.distill import fit, load_train_state
+from kdchain.distill.losses import DistillLoss
 from kdchain.models import build_model
-from kdchain.specs import CeLoss, CnnArch, DigitsData, TrainSpec
+from kdchain.spec import CeLoss, CnnArch, DigitsData, TrainSpec
 from kdchain.tracking import GENERATION, KIND, SUPERSEDED
 from tests.conftest import ROOT, tiny_chain, write_config
 

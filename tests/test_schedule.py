@@ -83,8 +83,8 @@ def test_scheduled_retrain_promotes_better_and_keeps_champion_against_worse(tmp_
     from mlflow import MlflowClient
 
     from kdchain.data import load_data
-    from kdchain.engine import evaluate
-    from kdchain.specs import load_spec
+    from kdchain.distill import evaluate
+    from kdchain.spec import load_spec
 
     cfg = tiny_chain(tmp_path, name=NAME, epochs=4)
     cfg["generations"][0]["train"]["lr"] = 0.01  # A (8-16 channels) learns digits well within 4 epochs

@@ -7,7 +7,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from kdchain.specs import SpecError, spec_from_dict
+from kdchain.spec import SpecError, spec_from_dict
 from tests.conftest import ROOT, tiny_chain, write_config
 
 BUDGET = 1500  # params: the 8x8 digits cnn at widths 0.25 / 0.5 fits, 1.0 does not
@@ -43,7 +43,7 @@ def test_impossible_budget_stops_before_training(tmp_path, prefect_harness):
 
 
 def test_ray_without_prefect_ray_is_one_clear_line(tmp_path):
-    from kdchain.chain import check_chain
+    from kdchain.checks import check_chain
 
     with pytest.raises(SpecError, match=r"generations.0.search.runner.kind: ray needs prefect-ray"):
         check_chain(spec_from_dict(search_chain(tmp_path, {"kind": "ray"})))

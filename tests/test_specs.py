@@ -4,8 +4,9 @@ import pytest
 import yaml
 
 from flows.cli import main
-from kdchain.chain import check_chain, resolve_chain
-from kdchain.specs import ChainSpec, SpecError, load_spec, spec_from_dict, spec_hash
+from kdchain.checks import check_chain
+from kdchain.resolve import resolve_chain
+from kdchain.spec import ChainSpec, SpecError, load_spec, spec_from_dict, spec_hash
 from tests.conftest import ROOT, tiny_chain, write_config
 
 

@@ -7,12 +7,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from kdchain.chain import build_loss, resolve_chain
+from kdchain.chain import build_loss
+
+from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
-from kdchain.engine import fit
-from kdchain.export import MAX_ABS_DIFF, export_and_measure
+from kdchain.distill import fit
+from kdchain.measure.export import MAX_ABS_DIFF, export_and_measure
 from kdchain.models import build_model
-from kdchain.specs import spec_from_dict
+from kdchain.spec import spec_from_dict
 from tests.conftest import tiny_chain, write_config
 
 
@@ -47,7 +49,7 @@ def test_cached_teacher_trains_the_same_student_as_the_live_teacher(setup):
 
 
 def test_feature_maps_are_cached_within_budget_and_live_beyond(setup):
-    from kdchain.specs import CeLoss, FeatureLoss, KdLoss
+    from kdchain.spec import CeLoss, FeatureLoss, KdLoss
 
     gens, data, teacher = setup
     gen = resolve_chain(spec_from_dict(tiny_chain(Path("/tmp"))))[1]

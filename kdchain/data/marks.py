@@ -11,8 +11,9 @@ import math
 
 import torch
 
-from kdchain.data import DataBundle, Split, register
-from kdchain.specs import MarksData
+from kdchain.data.images import make_normalise
+from kdchain.data.registry import DataBundle, Split, register
+from kdchain.spec import MarksData
 
 CLASS_NAMES = ["dot", "two-dots", "three-dots", "ring", "ring-dot", "cross", "bar", "two-bars", "square", "four-dots"]
 
@@ -136,8 +137,6 @@ def generate(count: int, size: int, difficulty: float, seed: int, chunk: int = 5
 
 @register("marks", shape=lambda spec: ((3, spec.image_size, spec.image_size), len(SHAPES)))
 def load_marks(spec: MarksData, seed: int) -> DataBundle:
-    from kdchain.images import make_normalise
-
     # three independent streams from the seed: growing one split never changes another
     xtr, ytr = generate(spec.train_size, spec.image_size, spec.difficulty, seed * 3 + 1)
     xva, yva = generate(spec.val_size, spec.image_size, spec.difficulty, seed * 3 + 2)

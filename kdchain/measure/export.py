@@ -1,6 +1,6 @@
 """Export to ONNX, check it against torch, and time both: torch eager and ONNX Runtime, batch 1 and batch 64.
 
-Pure torch/onnxruntime; tracking.py logs what this returns. Timings run on `threads` CPU threads (1 by default:
+Pure torch/onnxruntime; kdchain.tracking logs what this returns. Timings run on `threads` CPU threads (1 by default:
 a deployment box running one model per core), after a warm-up, as medians.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdchain.profile import latency_ms, median_seconds
+from kdchain.measure.profile import latency_ms, median_seconds
 
 MAX_ABS_DIFF = 1e-4  # tolerance of ONNX Runtime logits against torch's
 
@@ -69,7 +69,7 @@ def check_onnx(model: nn.Module, path: Path, x: torch.Tensor) -> float:
 def measure_speed(model: nn.Module, path: Path, input_shape: tuple[int, ...], threads: int = 1,
                   runs: int = 30, warmup: int = 5, eager_latency_ms: float | None = None) -> Speed:
     """Torch eager and ONNX Runtime on the same inputs: median batch-1 latency, batch-64 throughput.
-    `eager_latency_ms`: the eager batch-1 latency when the caller has just measured it (kdchain.profile)."""
+    `eager_latency_ms`: the eager batch-1 latency when the caller has just measured it (kdchain.measure.profile)."""
     cpu = copy.deepcopy(model).cpu().eval()
     session = ort_session(path, threads)
     x64 = torch.randn(64, *input_shape)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdchain.models import DEFAULT_TAPS, register
-from kdchain.specs import Derive, ResnetArch
+from kdchain.models.registry import register
+from kdchain.spec import CnnArch, Derive, ResnetArch
 
 
 class PadShortcut(nn.Module):
@@ -73,8 +73,6 @@ class CifarResNet(nn.Module):
 
 def derive_resnet(arch: ResnetArch, derive: Derive):
     if derive.to == "cnn":
-        from kdchain.specs import CnnArch
-
         # the same layout as a plain cnn: stem + 2n convs per stage, pooled where the ResNet strides
         convs = [max(1, round(2 * arch.blocks() * derive.depth)) for _ in range(3)]
         return CnnArch(channels=[max(1, round(w * derive.width)) for w in arch.widths()], convs_per_stage=convs)
@@ -82,9 +80,10 @@ def derive_resnet(arch: ResnetArch, derive: Derive):
     return arch.model_copy(update={"depth": 6 * blocks + 2, "width": arch.width * derive.width})
 
 
-@register("resnet", derive=derive_resnet)
+def describe_resnet(arch: ResnetArch) -> str:
+    return f"resnet-{arch.depth}" + (f" x{arch.width:g}" if arch.width != 1 else "")
+
+
+@register("resnet", derive=derive_resnet, tap="layer3", describe=describe_resnet)
 def resnet(arch: ResnetArch, num_classes: int, in_channels: int) -> nn.Module:
     return CifarResNet(arch, num_classes, in_channels)
-
-
-DEFAULT_TAPS["resnet"] = "layer3"

@@ -6,7 +6,7 @@ Randomness comes from torch's global generator, which `fit` seeds, so a run repe
 import torch
 import torch.nn.functional as F
 
-from kdchain.specs import Augment
+from kdchain.spec import Augment
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:

@@ -1,14 +1,14 @@
 """Loss terms keyed by the spec's `kind`, and the weighted sum a generation trains on.
 
 Each term sees the student's outputs, the teacher's outputs (or None) and the labels; outputs are dicts
-{"logits": (N, K), node: (N, C, H, W)} from `kdchain.taps.Tapped`.
+{"logits": (N, K), node: (N, C, H, W)} from `kdchain.models.taps.Tapped`.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdchain.specs import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, RkdLoss
+from kdchain.spec import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, RkdLoss
 
 LOGITS = "logits"
 

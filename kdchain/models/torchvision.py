@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from kdchain.models import count_params, register
-from kdchain.specs import CnnArch, Derive, SpecError, TorchvisionArch, _is_checkpoint_path
+from kdchain.models.registry import count_params, register
+from kdchain.spec import CnnArch, Derive, SpecError, TorchvisionArch, is_checkpoint_path
 
 # smallest first: `derive` maps a teacher to the member just before it
 FAMILIES = [
@@ -98,7 +98,16 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
-@register("torchvision", derive=lambda arch, derive: derive_torchvision(arch, derive))
+def describe_torchvision(arch: TorchvisionArch) -> str:
+    return arch.name + (" (pretrained)" if arch.weights else "") + (
+        f", frozen {','.join(arch.freeze)}" if arch.freeze else "")
+
+
+@register("torchvision", derive=lambda arch, derive: derive_torchvision(arch, derive),
+          tap=lambda arch: default_tap(arch), describe=describe_torchvision,
+          prepare=lambda model, arch: load_weights(model, arch))
+
+
 def torchvision_model(arch: TorchvisionArch, num_classes: int, in_channels: int) -> nn.Module:
     if in_channels != 3:
         raise SpecError([f"model: torchvision's {arch.name} takes 3-channel images but the data has {in_channels}; "
@@ -125,7 +134,7 @@ def default_tap(arch: TorchvisionArch) -> str:
 
 def weights_file(arch: TorchvisionArch) -> Path:
     """Where the weights are read from: the checkpoint path, or torchvision's file in TORCH_HOME's hub cache."""
-    if _is_checkpoint_path(arch.weights):
+    if is_checkpoint_path(arch.weights):
         return Path(arch.weights).expanduser()
     weights = tvm.get_model_weights(arch.name)[arch.weights.split(".")[-1]]
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -138,7 +147,7 @@ def missing_weights(arch) -> str | None:
     path = weights_file(arch)
     if path.is_file():
         return None
-    if _is_checkpoint_path(arch.weights):
+    if is_checkpoint_path(arch.weights):
         return f"model.weights: checkpoint {path} does not exist; give the path of a state_dict saved with torch.save"
     weights = tvm.get_model_weights(arch.name)[arch.weights.split(".")[-1]]
     return (f"model.weights: {arch.name} {arch.weights} is not on this machine; copy {Path(weights.url).name} "

@@ -1,84 +1,27 @@
-"""MLflow: the only module that imports it.
+"""The run layout, written: a chain run per chain, a generation run per generation (the teacher included), search
+and trial runs nested under them, and reading that back as tables.
 
-Layout: one experiment per chain name; one parent run per chain (tag kdchain.kind=chain) and one nested run per
-generation, the teacher included (kdchain.kind=generation, kdchain.generation = 0-based index). Runs are
-addressed by id through MlflowClient, never through the thread-local active run, so that a task running in a
-worker thread or process logs to the right place.
+Runs are addressed by id through MlflowClient, never through the thread-local active run, so that a task running
+in a worker thread or process logs to the right place.
 """
 
 import contextlib
-import fcntl
 import io
-import os
-import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
 import mlflow
 import torch
-from filelock import FileLock
 import torchvision
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
-from kdchain import plots
-from kdchain.specs import ChainSpec, flatten
-
-DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
-KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
-TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
-SEARCH_OF, TRIAL, WORKER, WINNER = "kdchain.search_of", "kdchain.trial", "kdchain.worker", "kdchain.search.winner"
-SEARCH_RUN, CHOSEN = "kdchain.search_run_id", "kdchain.chosen_trial"  # on a searched generation's run
-SUPERSEDED = "kdchain.superseded_by"  # a finished generation run that a retrain replaced: compare and caching skip it
-DEFAULT_UI = "http://127.0.0.1:5000"  # where `kdchain ui` serves a local store
-PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
-                                          "plots/val_accuracy_per_epoch.png")
-PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
-FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
-              "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
-
-
-def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
-    """--tracking-uri, then the spec's tracking.uri, then MLFLOW_TRACKING_URI, then the project's store."""
-    return cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def ui_base(uri: str, configured: str | None = None) -> str:
-    """The MLflow UI that shows this store: the configured URL, the tracking server itself, or `kdchain ui`'s."""
-    if configured:
-        return configured.rstrip("/")
-    if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
-    return DEFAULT_UI
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message says what to change."""
-
-
-# what SQLite (through SQLAlchemy and MLflow) says when it cannot write, and OS errors of a write
-_STORE_WRITE_ERRORS = ("database or disk is full", "readonly database", "unable to open database file",
-                       "disk I/O error", "No space left on device", "Read-only file system")
-
-
-def as_store_error(e: BaseException, uri: str) -> StoreError | None:
-    """A StoreError saying what to change when `e` is the store failing to write; None otherwise."""
-    text = str(e)
-    reason = next((r for r in _STORE_WRITE_ERRORS if r.lower() in text.lower()), None)
-    if reason is None and isinstance(e, OSError) and e.strerror:
-        reason = e.strerror
-    if reason is None:
-        return None
-    return StoreError(f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
-                      "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
+from kdchain.spec import ChainSpec, flatten
+from kdchain.tracking.report import ChainReport
+from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
+                                    GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
+                                    TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
 
 
 def _pip_requirements() -> list[str]:
@@ -111,39 +54,15 @@ def _requirements_taken_as_given():
         environment.warn_dependency_requirement_mismatches = check
 
 
-def _chunks(items: list, n: int):
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Tracker:
+class Tracker(ChainReport):
     def __init__(self, uri: str, experiment: str, experiment_id: str | None = None):
         self.uri = uri
         db = sqlite_path(uri)
         if db is not None and experiment_id is None:
-            self._prepare_sqlite(db)
+            prepare_sqlite(db)
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
         self.experiment_id = experiment_id or self._experiment(experiment, db)
-
-    @staticmethod
-    def _prepare_sqlite(db: Path) -> None:
-        """Create the store once, under a file lock: two processes racing to migrate a fresh DB collide."""
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            lock_path = db.parent / ".kdchain-store.lock"
-            with open(lock_path, "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
-        except Exception as e:  # OSError making the folder; SQLite's own errors while migrating
-            err = as_store_error(e, f"sqlite:///{db}")
-            if err is None:
-                raise
-            raise err from None
 
     def _experiment(self, name: str, db: Path | None) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -177,7 +96,7 @@ class Tracker:
                                            + " → ".join(g.name for g in spec.generations)})
         run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in flatten(spec).items()]
-        for chunk in _chunks(params, 100):
+        for chunk in chunks(params, 100):
             self.client.log_batch(run_id, params=chunk, synchronous=True)
         self.client.log_text(run_id, spec_yaml, "spec.yaml")
         return run_id, False
@@ -207,7 +126,7 @@ class Tracker:
 
     def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
         if metrics:
-            ts = _now_ms()
+            ts = now_ms()
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
                                   synchronous=True)
         self.client.set_terminated(run_id, status=status)
@@ -228,7 +147,7 @@ class Tracker:
     def log_epoch(self, run_id: str, epoch: int, values: dict[str, float]) -> None:
         """One call per epoch, written before training goes on (a few ms): a `kill -9` must not lose epochs
         that the resume state already counts as done."""
-        ts = _now_ms()
+        ts = now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in values.items()],
                               synchronous=True)
 
@@ -261,7 +180,7 @@ class Tracker:
                           checkpoint: str, step: int = 0) -> str:
         """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
         mlflow.flush_async_logging()
-        ts = _now_ms()
+        ts = now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
                               synchronous=True)
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
@@ -269,7 +188,7 @@ class Tracker:
                                             pip_requirements=_pip_requirements(),
                                             code_paths=[str(Path(kdchain.__file__).parent)])
             mlflow.log_artifact(checkpoint, "checkpoint")
-            onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.export
+            onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
             if onnx.is_file():
                 mlflow.log_artifact(str(onnx), "onnx")
         self.client.set_terminated(run_id, status="FINISHED")
@@ -313,7 +232,7 @@ class Tracker:
         return run.info.run_id
 
     def finish_trial(self, run_id: str, metrics: dict[str, float], state: str, step: int) -> None:
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()],
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms(), step) for k, v in metrics.items()],
                               tags=[RunTag("kdchain.trial_state", state)], synchronous=True)
         self.client.set_terminated(run_id, status="FINISHED")
 
@@ -386,195 +305,10 @@ class Tracker:
         """The experiment's runs page (not its GenAI overview)."""
         return f"{host}/#/experiments/{self.experiment_id}/runs"
 
-    # ------------------------------------------------------------------------------------------ pictures, tables
-
-    def log_confusion(self, run_id: str, matrix: list[list[int]], class_names: list[str], title: str) -> None:
-        """The generation's test confusion matrix as a PNG on its run."""
-        if matrix:
-            self.client.log_figure(run_id, plots.confusion_matrix(matrix, class_names, title), PLOT_CONFUSION)
-
-    def val_histories(self, rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
-        """name -> [(epoch, val accuracy)] read back from MLflow (epochs are steps >= 1; step 0 is the final value)."""
-        return {r["name"]: [(m.step, m.value) for m in self.client.get_metric_history(r["run_id"], "val_accuracy")
-                            if m.step >= 1] for r in rows}
-
-    def log_chain_report(self, chain_run_id: str, chain_name: str, host: str = DEFAULT_UI) -> list[dict]:
-        """On the chain run: accuracy-vs-params/latency and val-accuracy-per-epoch plots, the generation table as an
-        MLflow table (generations.json) and as markdown (generations.md). Returns the table's rows."""
-        _, rows = self.generation_table(chain_run_id)
-        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "params", "parameters",
-                                                               f"{chain_name}: test accuracy vs parameters"), PLOT_PARAMS)
-        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "latency_ms", "latency per image (ms)",
-                                                               f"{chain_name}: test accuracy vs latency"), PLOT_LATENCY)
-        self.client.log_figure(chain_run_id, plots.val_accuracy_curves(self.val_histories(rows),
-                                                                       f"{chain_name}: validation accuracy per epoch"),
-                               PLOT_EPOCHS)
-        table = [{"generation": r["name"], "architecture": r["summary"],
-                  **{k: r[k] for k in FINAL_KEYS if r.get(k) is not None},
-                  "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
-        # log_table appends to an existing file: a re-run of the same chain run replaces it instead
-        with contextlib.suppress(Exception):
-            if any(f.path == TABLE_JSON for f in self.client.list_artifacts(chain_run_id)):
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-                get_artifact_repository(self.client.get_run(chain_run_id).info.artifact_uri).delete_artifacts(TABLE_JSON)
-        if table:
-            self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
-        md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
-               **{k: f"{t[k]:.4g}" for k in FINAL_KEYS if k in t}} for t in table]
-        self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
-            md, [("generation", "generation"), ("architecture", "architecture")] +
-            [(k, k) for k in FINAL_KEYS]), TABLE_MD)
-        return rows
-
-
-def prepare_store(uri: str) -> None:
-    """Create a local SQLite store (once, under a lock) or raise StoreError saying what to change."""
-    db = sqlite_path(uri)
-    if db is not None:
-        Tracker._prepare_sqlite(db)
-# ---------------------------------------------------------------------------------------------- registry aliases
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-class AliasMoved(Exception):
-    """The alias no longer points where the caller last saw it (another retrain promoted meanwhile)."""
-
-
-def alias_version(uri: str, name: str, alias: str) -> tuple[str, str] | None:
-    """(version, run id) of the model version an alias points at, or None (no such model or alias)."""
-    try:
-        mv = MlflowClient(uri).get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return str(mv.version), mv.run_id
-
-
-def _alias_lock(uri: str, name: str, lock_dir: Path) -> FileLock:
-    # MLflow has no compare-and-set on aliases: every alias move of kdchain takes this lock, beside a local store or
-    # in the chain's workdir (a path every worker reaches), re-reads the alias and only then sets it
-    db = sqlite_path(uri)
-    folder = db.parent if db is not None else Path(lock_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return FileLock(str(folder / f".kdchain-alias-{safe}.lock"), timeout=120)
-
-
-def move_alias(uri: str, name: str, alias: str, version: str, expected: str | None, lock_dir: Path) -> None:
-    """Point `alias` at `version` if it still points at `expected` (None: no holder yet); else raise AliasMoved."""
-    client = MlflowClient(uri)
-    with _alias_lock(uri, name, lock_dir):
-        current = alias_version(uri, name, alias)
-        current_version = current[0] if current is not None else None
-        if current_version != expected:
-            raise AliasMoved(f"{alias} of {name} is version {current_version}, not {expected} as compared against")
-        client.set_registered_model_alias(name, alias, version)
-
-
-def set_alias(uri: str, name: str, alias: str, version: str, lock_dir: Path) -> None:
-    with _alias_lock(uri, name, lock_dir):
-        MlflowClient(uri).set_registered_model_alias(name, alias, version)
-
-
-def record_decision(uri: str, chain_run_id: str, name: str, version: str, tags: dict[str, str],
-                    markdown: str) -> None:
-    """The promotion decision on the chain run (tags + promotion.md) and on the model version (tags)."""
-    client = MlflowClient(uri)
-    client.log_batch(chain_run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()], synchronous=True)
-    client.log_text(chain_run_id, markdown, "promotion.md")
-    for k in ("kdchain.promotion.outcome", "kdchain.promotion.reason"):
-        if k in tags:
-            client.set_model_version_tag(name, version, k, str(tags[k])[:5000])
-
-
-# ---------------------------------------------------------------------------------------------- models as teachers
-
-
-def _parse_model_uri(source: str) -> tuple[str, str | None, str | None]:
-    """models:/<name>@<alias> | models:/<name>/<version> -> (name, alias, version)."""
-    rest = source[len("models:/"):].strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, None
-    if "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        return name, None, version
-    raise CheckpointSourceError(f"teacher.from: {source!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-
-
-class CheckpointSourceError(Exception):
-    """A `teacher.from` URI that does not lead to a kdchain checkpoint; the message says why."""
-
-
-def pin_model_uri(source: str, uri: str) -> str:
-    """models:/<name>@<alias> -> models:/<name>/<version it points at now>."""
-    name, alias, version = _parse_model_uri(source)
-    if alias is None:
-        return source
-    mv = alias_version(uri, name, alias)
-    if mv is None:
-        raise CheckpointSourceError(f"teacher.from: {source}: the model {name!r} has no alias {alias!r} in {uri} "
-                                    "(no champion yet? train a teacher first, or run the retrain once)")
-    return f"models:/{name}/{mv[0]}"
-
-
-def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
-    """The kdchain checkpoint (artifact checkpoint/model.pt) of the run behind a models:/ or runs:/ URI, downloaded
-    once under `cache_dir`. A URI with an alias is resolved each time (it moves); versions and runs are immutable."""
-    if source.startswith("models:/"):
-        source = pin_model_uri(source, uri)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source)
-    target = Path(cache_dir) / safe / "model.pt"
-    if target.is_file():
-        return target
-    client = MlflowClient(uri)
-    try:
-        if source.startswith("models:/"):
-            name, _, version = _parse_model_uri(source)
-            run_id = client.get_model_version(name, version).run_id
-        else:  # runs:/<run_id>[/anything]: that run's checkpoint
-            run_id = source[len("runs:/"):].strip("/").split("/")[0]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none: retrains may race here
-            os.replace(client.download_artifacts(run_id, "checkpoint/model.pt", tmp), target)
-    except mlflow.exceptions.MlflowException as e:
-        raise CheckpointSourceError(f"teacher.from: {source}: cannot fetch its kdchain checkpoint from {uri} "
-                                    f"({str(e).splitlines()[0][:200]}); only models logged by kdchain can be teachers "
-                                    "through `from`") from None
-    return target
-
-
-def _store_exists(uri: str) -> bool:
-    db = sqlite_path(uri)
-    return db is None or db.is_file()
-
 
 def open_tracker(uri: str, experiment: str) -> Tracker | None:
     """A tracker on an existing experiment, or None; creates nothing."""
-    if not _store_exists(uri):
+    if not store_exists(uri):
         return None
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     return Tracker(uri, experiment, experiment_id=exp.experiment_id) if exp else None
-
-
-def experiment_of_run(uri: str, run_id: str) -> str | None:
-    """The experiment name of a run in the store, or None when there is no such run."""
-    if not _store_exists(uri):
-        return None
-    client = MlflowClient(uri)
-    try:
-        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-def latest_chain_experiment(uri: str) -> str | None:
-    """The experiment of the most recent kdchain chain run in the store."""
-    if not _store_exists(uri):
-        return None
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, f"tags.`{KIND}` = 'chain'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if ids else []
-    return client.get_experiment(runs[0].info.experiment_id).name if runs else None

@@ -1,7 +1,8 @@
-"""Data sets as in-memory tensors: a registry keyed by the spec's `kind`, and batching by a seeded permutation.
+"""The data registry: a source per spec `kind` registers its loader, shape, check and fingerprint here.
 
 Small data sets are held as one float tensor per split (N, C, H, W) and sliced by index: a DataLoader over
-in-memory tensors is several times slower and buys nothing here.
+in-memory tensors is several times slower and buys nothing here. This module is a leaf: the sources import
+`register` from it, and the package's `__init__` imports the sources.
 """
 
 import hashlib
@@ -12,10 +13,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import TypeAdapter
 
-from kdchain.specs import DataSpec, DigitsData, canonical_json, spec_hash
+from kdchain.data.augment import make_augment
+from kdchain.spec import DataSpec, canonical_json, spec_hash
 
 
 @dataclass
@@ -117,8 +118,6 @@ def load_data(spec: DataSpec, seed: int) -> DataBundle:
 
 @lru_cache(maxsize=4)
 def _load_cached(spec_json: str, seed: int, fingerprint: str) -> DataBundle:
-    from kdchain.augment import make_augment
-
     parsed = TypeAdapter(DataSpec).validate_json(spec_json)
     bundle = LOADERS[parsed.kind](parsed, seed)
     bundle.augment = make_augment(parsed.augment)
@@ -135,39 +134,10 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple
     return train_idx, val_idx, test_idx
 
 
-def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    # per-channel mean/std of the training split only, so val/test see nothing of themselves
-    mean = train.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return [(t - mean) / std for t in (train, *others)]
-
-
-def _digits_file() -> Path:
-    import sklearn.datasets
-
-    return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
-
-
-@register("digits", shape=lambda spec: ((1, spec.image_size, spec.image_size), 10),
-          fingerprint=lambda spec: files_fingerprint(_digits_file()))
-def load_digits(spec: DigitsData, seed: int) -> DataBundle:
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
-    if spec.image_size != 8:
-        x = F.interpolate(x, size=(spec.image_size, spec.image_size), mode="bilinear", align_corners=False)
-    y = torch.tensor(bunch.target, dtype=torch.int64)
-    tr, va, te = stratified_split(bunch.target, spec.split.val, spec.split.test, seed)
-    xtr, xva, xte = normalise(x[tr], x[va], x[te])
-    return DataBundle(Split(xtr, y[tr]), Split(xva, y[va]), Split(xte, y[te]),
-                      num_classes=10, class_names=[str(d) for d in range(10)])
-
-
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
             shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches sliced from the split's tensors; order from a seeded permutation when shuffling."""
-    if hasattr(split, "stream"):  # a split streamed from disk (kdchain.images.StreamSplit)
+    if hasattr(split, "stream"):  # a split streamed from disk (kdchain.data.folder.StreamSplit)
         yield from split.stream(batch_size, generator, shuffle, drop_last)
         return
     n = len(split)
@@ -181,8 +151,3 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
         else:
             idx = order[start:start + batch_size]
             yield split.inputs(split.x[idx]), split.y[idx]
-
-
-# the other data sets live in their own modules and register themselves here
-import kdchain.images  # noqa: E402,F401
-import kdchain.marks  # noqa: E402,F401

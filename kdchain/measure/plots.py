@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+
 def _figure(size: tuple[float, float]) -> Figure:
     fig = Figure(figsize=size, dpi=110)
     FigureCanvasAgg(fig)  # PNG through Agg, whatever pyplot's backend is

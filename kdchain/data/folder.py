@@ -1,8 +1,7 @@
-"""Image data sets from disk: CIFAR-10 in its official format, and folders of class subfolders.
+"""`imagefolder`: root/<class>/<image> or root/{train,val,test}/<class>/<image>, any format PIL reads.
 
-Both keep decoded pixels as uint8 (N, 3, H, W) and resize/normalise per batch on the device, so that
-CIFAR-10 at 224x224 for a VGG teacher costs 150 MB of memory, not 30 GB. An image folder that does not fit
-its memory budget is streamed from disk through a DataLoader with workers instead.
+Decoded once into uint8 (N, 3, S, S) when the images fit `memory_budget_mb`, else streamed from disk through a
+DataLoader with workers; unreadable files are skipped and reported.
 """
 
 import logging
@@ -11,94 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from kdchain.data import DataBundle, Split, files_fingerprint, register, stratified_split
-from kdchain.specs import Cifar10Data, ImageFolderData, SpecError
+from kdchain.data.images import make_normalise
+from kdchain.data.registry import DataBundle, Split, files_fingerprint, register, stratified_split
+from kdchain.spec import ImageFolderData, SpecError
 
 log = logging.getLogger("kdchain.data")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class Normalise:
-    """uint8 (N, C, h, w) on any device -> float (N, C, size, size): bilinear resize, then (x/255 - mean) / std."""
-
-    def __init__(self, mean, std, size: int):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.size = size
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-
-def make_normalise(kind: str, train_u8: torch.Tensor, size: int) -> Normalise:
-    if kind == "imagenet":
-        return Normalise(IMAGENET_MEAN, IMAGENET_STD, size)
-    sample = train_u8[:5000].float() / 255  # per-channel statistics of (up to 5,000) training images
-    return Normalise(sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist(), size)
-
-
-# ---------------------------------------------------------------------------------------------- cifar10
-
-CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-
-
-def cifar_missing(spec: Cifar10Data) -> str | None:
-    folder = Path(spec.root) / "cifar-10-batches-py"
-    missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
-    if not missing or spec.download:
-        return None
-    return (f"data.root: CIFAR-10 is not in {folder}/ (missing {', '.join(missing)}); extract the python version "
-            "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) so that data_batch_1..5, "
-            f"test_batch and batches.meta lie in {folder}/, or set data.download: true where there is internet")
-
-
-def _cifar_dataset(root: str, train: bool, download: bool):
-    from torchvision.datasets import CIFAR10
-
-    class LocalCIFAR10(CIFAR10):
-        # torchvision checks each file's md5 against the published archive; files a user (or a test) wrote in the
-        # official format are accepted as long as they are all there and unpickle (md5 None = existence only)
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    return (CIFAR10 if download else LocalCIFAR10)(root, train=train, download=download)
-
-
-@register("cifar10", shape=lambda spec: ((3, spec.image_size, spec.image_size), 10), check=cifar_missing,
-          fingerprint=lambda spec: files_fingerprint(Path(spec.root) / "cifar-10-batches-py"))
-def load_cifar10(spec: Cifar10Data, seed: int) -> DataBundle:
-    problem = cifar_missing(spec)
-    if problem:
-        raise SpecError([problem])
-    train = _cifar_dataset(spec.root, True, spec.download)
-    test = _cifar_dataset(spec.root, False, False)
-    x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
-    y = torch.tensor(train.targets, dtype=torch.int64)
-    xt = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()
-    yt = torch.tensor(test.targets, dtype=torch.int64)
-    tr, va, _ = _two_way_split(y.numpy(), spec.val, seed)
-    norm = make_normalise(spec.normalize, x[tr], spec.image_size)
-    return DataBundle(Split(x[tr], y[tr], norm), Split(x[va], y[va], norm), Split(xt, yt, norm),
-                      num_classes=10, class_names=list(train.classes))
-
-
-def _two_way_split(y: np.ndarray, val: float, seed: int):
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    stratify = y if np.bincount(y).min() >= 2 else None
-    tr, va = train_test_split(idx, test_size=val, stratify=stratify, random_state=seed)
-    return tr, va, None
-
-
-# ---------------------------------------------------------------------------------------------- image folders
-
 SPLITS = ("train", "val", "test")
 
 

@@ -1,0 +1,101 @@
+"""Checks of a whole chain before anything trains, and its shape without training.
+
+`check_chain`: everything that needs the models built (feature node names, teacher weights, search budgets);
+`missing_resources`: what must be on disk (pretrained weights, data files); `inspect_chain`: per generation, the
+architecture, params, FLOPs and the shapes of the tapped maps.
+"""
+
+import torch
+
+from kdchain.data import input_info, missing_data
+from kdchain.measure.profile import count_flops
+from kdchain.models import build_model, count_params, default_tap, describe
+from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
+from kdchain.models.torchvision import fitting_state, missing_weights
+from kdchain.resolve import ResolvedGeneration, arch_field, resolve_chain
+from kdchain.search import budget_problems
+from kdchain.spec import ChainSpec, FitnetLoss, SpecError
+
+
+def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGeneration]:
+    """Everything that needs the models built: feature node names. Raises SpecError naming each bad field."""
+    try:
+        gens = resolve_chain(spec)
+    except SpecError as e:
+        raise SpecError([f"{source}: {line}" for line in e.lines]) from None
+    input_shape, num_classes = input_info(spec.data)
+    # on the meta device: node names need no weights, and a huge model must not allocate them just to be checked
+    models = []
+    for g in gens:
+        try:
+            with torch.device("meta"):
+                models.append(build_model(g.arch, num_classes, input_shape[0]))
+        except SpecError as e:  # freeze prefixes, channel counts: name the generation's field
+            raise SpecError([f"{source}: {arch_field(g, line)}" for line in e.lines]) from None
+    problems = []
+    for g in gens[1:]:
+        where = f"{source}: generations.{g.index - 1}"
+        if g.teachers == "direct" and spec.generations[g.index - 1].teacher_weights is not None:
+            problems.append(f"{where}.teacher_weights: only used with `teachers: ancestors`; remove it or set that")
+        elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
+            problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
+                            f"({', '.join(x.name for x in gens[:g.index])}), not all zero")
+        hint = max([t.hint_epochs for t in g.distill if isinstance(t, FitnetLoss)], default=0)
+        if hint >= g.train.epochs:
+            problems.append(f"{where}.distill: fitnet hint_epochs {hint} leaves no epoch of the full loss; "
+                            f"make it less than train.epochs {g.train.epochs}")
+        for j, term in enumerate(g.distill):
+            if not hasattr(term, "teacher_node"):
+                continue
+            for side, model, owner in (("teacher", models[g.index - 1], gens[g.index - 1].name),
+                                       ("student", models[g.index], g.name)):
+                node = getattr(term, f"{side}_node")
+                if not check_node(model, node):
+                    some = ", ".join(tappable_nodes(model)[:6])
+                    problems.append(f"{source}: generations.{g.index - 1}.distill.{j}.{side}_node: {node!r} is not "
+                                    f"a node of {owner}'s model (e.g. {some}; `kdchain inspect --nodes` lists all)")
+    # a budget no candidate meets stops here, before any training
+    problems += [f"{source}: {line}" for line in budget_problems(spec, gens)]
+    if problems:
+        raise SpecError(problems)
+    return gens
+
+
+def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
+    """What must be on disk before training starts (pretrained weights, data files), each as how to provide it."""
+    problems = []
+    _, num_classes = input_info(spec.data)
+    for g in resolve_chain(spec):
+        problem = missing_weights(g.arch)
+        if problem is None and getattr(g.arch, "weights", None):  # on disk: do its tensors fit the model?
+            try:
+                fitting_state(build_model(g.arch, num_classes, 3), g.arch)
+            except SpecError as e:
+                problem = e.lines[0]
+        if problem:
+            problems.append(f"{source}: {arch_field(g, problem)}")
+    problem = missing_data(spec.data)
+    if problem:
+        problems.append(f"{source}: {problem}")
+    return problems
+
+
+def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
+    """Per generation, without training: the architecture, params, FLOPs, the shapes of the tapped maps."""
+    gens = resolve_chain(spec)
+    input_shape, num_classes = input_info(spec.data)
+    rows = []
+    for g in gens:
+        model = build_model(g.arch, num_classes, input_shape[0]).eval()
+        # the default tap, and every node a feature loss reads from this model as student or as teacher
+        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if hasattr(t, "student_node")}
+        if g.index + 1 < len(gens):
+            taps |= {t.teacher_node for t in gens[g.index + 1].distill if hasattr(t, "teacher_node")}
+        row = {"index": g.index, "name": g.name, "summary": describe(g.arch), "arch": g.arch.model_dump(mode="json"),
+               "params": count_params(model), "flops": count_flops(model, input_shape),
+               "feature_maps": {n: list(s) for n, s in feature_shapes(model, sorted(taps), input_shape).items()},
+               "distill": [t.model_dump(mode="json") for t in g.distill]}
+        if with_nodes:
+            row["nodes"] = tappable_nodes(model)
+        rows.append(row)
+    return rows

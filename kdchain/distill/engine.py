@@ -1,0 +1,230 @@
+"""fit: pure torch, seeded; reports through a callback and knows nothing of MLflow or Prefect.
+
+The training split stays resident on the device as one tensor (channels_last) and is batched by the indices
+of a seeded permutation. Inside the step nothing synchronises with the host: per-epoch sums stay on the device
+and are read once at the end of the epoch. The forward runs under bf16 autocast where the hardware has bf16
+(CUDA; AVX512-BF16/AMX CPUs; `train.precision`); on CUDA the optimizer is fused; `train.compile` wraps the
+student's forward in torch.compile. Accuracy is measured in float32, as the exported model runs. The teacher's
+outputs come from kdchain.distill.teacher (cached once, or live on the augmented batch).
+
+With `state_path`, the full training state is written atomically after every epoch and a later call resumes
+from it.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdchain.data import DataBundle, batches
+from kdchain.distill.device import autocast, channels_last, set_threads
+from kdchain.distill.evaluate import evaluate
+from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
+from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state
+from kdchain.distill.teacher import Augment, Teachers, outputs_of, teacher_cache_plan, teacher_outputs
+from kdchain.models.taps import feature_shapes
+from kdchain.spec import TrainSpec
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss; the message names the epoch and the loss term."""
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    val_accuracy: float
+    parts: dict[str, float]  # mean of each loss term over the epoch
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochReport] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # epochs restored from state_path instead of trained
+    restored: list[EpochReport] = field(default_factory=list)  # the reports of those epochs, from the state
+    train_seconds: float = 0.0
+    teacher: str = "none"  # how the teacher's outputs were obtained: none, cached, or live (and why)
+    cache_seconds: float = 0.0  # time to fill the teacher-output cache
+
+
+def make_optimizer(params, spec: TrainSpec, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    # CUDA: fused kernels (one launch for the whole step); CPU: foreach (one op per group instead of per tensor)
+    kind = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                               nesterov=True, **kind)
+    cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec.lr, weight_decay=spec.weight_decay, **kind)
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Index tensors of a seeded permutation, batch by batch (the same order as kdchain.data.batches)."""
+    order = torch.randperm(n, generator=generator, device="cpu").to(device)
+    return order.split(batch_size)
+
+
+def epoch_batches(split, batch_size: int, generator: torch.Generator, device: torch.device):
+    """(indices or None, x, y) per training batch: in-memory splits by index (the teacher cache is indexed the
+    same way), streamed splits through their loader."""
+    if hasattr(split, "stream"):
+        for x, y in batches(split, batch_size, generator):
+            yield None, x.to(device), y.to(device)
+        return
+    for idx in batch_indices(len(split), batch_size, generator, device):
+        yield idx, split.inputs(split.x[idx]), split.y[idx]
+
+
+def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps: int):
+    if spec.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=steps)
+    if spec.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _report_dict(r: EpochReport) -> dict:
+    return {"epoch": r.epoch, "epochs": r.epochs, "train_loss": r.train_loss, "val_accuracy": r.val_accuracy,
+            "parts": dict(r.parts), "seconds": r.seconds}
+
+
+def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train_split, streamed: bool,
+                  augment: Augment | None, train: TrainSpec, device: torch.device, result: "FitResult"):
+    """(teacher forward or None, cached outputs {name: (N, ...)} or None); says how in result.teacher."""
+    if not loss.needs_teacher:
+        return None, None
+    if teacher is None:
+        raise ValueError("this loss needs a teacher")
+    teacher.to(device, memory_format=torch.channels_last).eval()
+    teacher_fwd = outputs_of(teacher, loss.nodes("teacher"))
+    direct = teacher.direct if isinstance(teacher, Teachers) else teacher
+    extra = len(teacher.extra) if isinstance(teacher, Teachers) else 0
+    shapes = {LOGITS: (data.num_classes,)} | {n: tuple(s) for n, s in
+                                              feature_shapes(direct, loss.nodes("teacher"), data.input_shape).items()}
+    shapes |= {teacher_key(i): (data.num_classes,) for i in range(extra)}
+    use_cache, result.teacher = teacher_cache_plan(train.cache, augment, len(train_split), shapes,
+                                                   train.cache_memory_mb)
+    if use_cache and streamed:
+        use_cache, result.teacher = False, "live: the training split is streamed from disk"
+    if not use_cache:
+        return teacher_fwd, None
+    t0 = time.perf_counter()
+    cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision)  # {name: (N, ...)}
+    result.cache_seconds = time.perf_counter() - t0
+    return teacher_fwd, cached
+
+
+def _restore(state_path: Path | None, device, student, loss, opt, sched, gen, result: "FitResult") -> int:
+    """Load the state of the last finished epoch into everything that trains; returns that epoch (0: none)."""
+    try:
+        state = load_train_state(state_path, device)
+    except StateUnreadable:  # the caller has said so; the epochs it held are trained again
+        Path(state_path).unlink(missing_ok=True)
+        state = None
+    if state is None:
+        return 0
+    student.load_state_dict(state["student"])
+    loss.load_state_dict(state["loss"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["schedule"])
+    gen.set_state(state["batch_rng"].cpu())  # RNG states are CPU byte tensors whatever the map_location
+    torch.set_rng_state(state["torch_rng"].cpu())
+    result.resumed_from_epoch = state["epoch"]
+    result.restored = [EpochReport(**r) for r in state.get("history", [])]
+    return state["epoch"]
+
+
+def _train_epoch(student_fwd, teacher_fwd, cached, loss: DistillLoss, train_split, augment, opt, sched,
+                 gen: torch.Generator, train: TrainSpec, device: torch.device, epoch: int) -> tuple[float, dict]:
+    """One pass over the training split; (mean loss, mean of each term). Raises Diverged on a non-finite loss."""
+    loss.set_epoch(epoch)  # FitNets: the first hint_epochs train on the hint alone
+    loss_sum = torch.zeros((), device=device)
+    part_sums = {name: torch.zeros((), device=device) for name in loss.names}
+    for idx, x, y in epoch_batches(train_split, train.batch_size, gen, device):
+        teacher_out = None
+        if augment is not None:
+            x, y = augment(x, y)
+        x = channels_last(x)
+        if cached is not None:
+            teacher_out = {k: v[idx] for k, v in cached.items()}  # same indices as the batch
+        elif teacher_fwd is not None:
+            with torch.inference_mode(), autocast(device, train.precision):
+                teacher_out = teacher_fwd(x)  # live, on the very batch the student sees
+            # inference tensors cannot be saved for backward: clone into normal tensors
+            teacher_out = {k: v.float().clone() for k, v in teacher_out.items()}
+        with autocast(device, train.precision):
+            student_out = student_fwd(x)
+        student_out = {k: v.float() for k, v in student_out.items()}
+        total, parts = loss(student_out, teacher_out, y)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        loss_sum += total.detach() * len(y)
+        for name, value in parts.items():
+            part_sums[name] += value.detach() * len(y)
+
+    # the one host synchronisation of the epoch
+    n = max(1, len(train_split))
+    parts_mean = {name: (s / n).item() for name, s in part_sums.items()}
+    train_loss = (loss_sum / n).item()
+    if not math.isfinite(train_loss):
+        bad = [name for name, v in parts_mean.items() if not math.isfinite(v)] or ["total"]
+        raise Diverged(f"loss became {train_loss} in epoch {epoch} (term: {', '.join(bad)}); "
+                       f"lower train.lr or the weight of {bad[0]}")
+    return train_loss, parts_mean
+
+
+def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train: TrainSpec,
+        seed: int = 0, on_epoch: Callable[[EpochReport], None] | None = None,
+        device: torch.device | str = "cpu", state_path: Path | None = None,
+        augment: Augment | None = None) -> FitResult:
+    """Train `student` on `loss` (the teacher's outputs feed it when it needs them); returns the history.
+
+    `augment(x, y)`, when given, is applied to every training batch; the teacher-output cache is then bypassed."""
+    device = torch.device(device)
+    set_threads(train.threads)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    student.to(device, memory_format=torch.channels_last).train()
+    loss.to(device).train()
+    student_fwd = outputs_of(student, loss.nodes("student"))
+    if train.compile:
+        student_fwd = torch.compile(student_fwd)
+    # a split streamed from disk (kdchain.data.folder.StreamSplit) stays where it is; in-memory ones move
+    streamed = hasattr(data.train, "stream")
+    train_split = data.train if streamed else data.train.to(device)
+    val_split = data.val if hasattr(data.val, "stream") else data.val.to(device)
+    if augment is None and data.augment is not None:  # the data set's per-batch augmentation (kdchain.data.augment)
+        augment = lambda x, y: (data.augment(x), y)  # noqa: E731
+    result = FitResult()
+    teacher_fwd, cached = _teacher_side(teacher, loss, data, train_split, streamed, augment, train, device, result)
+
+    steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
+    opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train, device)
+    sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
+    start_epoch = _restore(state_path, device, student, loss, opt, sched, gen, result)
+
+    for epoch in range(start_epoch + 1, train.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, parts_mean = _train_epoch(student_fwd, teacher_fwd, cached, loss, train_split, augment, opt,
+                                              sched, gen, train, device, epoch)
+        report = EpochReport(epoch, train.epochs, train_loss, evaluate(student, val_split), parts_mean,
+                             time.perf_counter() - t0)
+        result.history.append(report)
+        result.train_seconds += report.seconds
+        if state_path is not None:
+            atomic_save({"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": opt.state_dict(),
+                         "schedule": sched.state_dict(), "batch_rng": gen.get_state(),
+                         "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                         "history": [_report_dict(r) for r in result.restored + result.history]}, Path(state_path))
+        if on_epoch is not None:
+            on_epoch(report)
+    return result

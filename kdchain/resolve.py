@@ -1,0 +1,90 @@
+"""A chain's generations made explicit: each architecture resolved (derived from its teacher or written out), its
+loss nodes filled in, its teachers weighted; and the keys a generation's result is cached under."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdchain.checkpoints import read_arch, teacher_source
+from kdchain.data import data_fingerprint
+from kdchain.models import default_tap, resolve_student
+from kdchain.spec import CeLoss, ChainSpec, TrainSpec, canonical_json, spec_hash
+
+
+@dataclass
+class ResolvedGeneration:
+    """A generation with everything implicit made explicit: the architecture, the loss nodes."""
+
+    index: int  # 0 = teacher
+    name: str
+    arch: object  # an Arch spec
+    distill: list  # loss specs, feature nodes filled in
+    train: TrainSpec
+    teachers: str = "direct"  # or "ancestors": every earlier generation teaches the logit terms
+    teacher_weights: list[float] = field(default_factory=list)  # per earlier generation, oldest first
+
+    def as_json(self) -> dict:
+        out = {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
+               "distill": [t.model_dump(mode="json") for t in self.distill],
+               "train": self.train.model_dump(mode="json")}
+        if self.teachers != "direct":  # keeps the keys of direct-teacher chains as they were
+            out["teachers"], out["teacher_weights"] = self.teachers, self.teacher_weights
+        return out
+
+
+def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
+    """Teacher first; each student derived from (or written next to) the architecture before it."""
+    teacher_arch = spec.teacher.model if spec.teacher.from_ is None else read_arch(teacher_source(spec))
+    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train)]
+    for i, g in enumerate(spec.generations, start=1):
+        teacher_arch = gens[-1].arch
+        arch = resolve_student(g.student, teacher_arch)
+        distill = [
+            t.model_copy(update={"teacher_node": t.teacher_node or default_tap(teacher_arch),
+                                 "student_node": t.student_node or default_tap(arch)})
+            if hasattr(t, "teacher_node") else t  # feature, fitnet, at, rkd read tapped nodes
+            for t in g.distill
+        ]
+        gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
+                                       teacher_weights(g.teachers, g.teacher_weights, i)))
+    return gens
+
+
+def teacher_weights(teachers: str, weights: list[float] | None, index: int) -> list[float]:
+    """Weight of each earlier generation 0..index-1 as a teacher of generation `index` (0 = not a teacher)."""
+    if teachers == "direct":
+        return [0.0] * (index - 1) + [1.0]
+    return list(weights) if weights is not None else [1.0] * index
+
+
+def teacher_indices(gen: "ResolvedGeneration") -> list[int]:
+    """The generations that teach `gen`, oldest first; the last one is its direct teacher."""
+    return [i for i, w in enumerate(gen.teacher_weights) if w > 0 or i == gen.index - 1]
+
+
+def arch_field(gen: ResolvedGeneration, line: str) -> str:
+    """'model.freeze: ...' from a builder -> 'teacher.model.freeze: ...' or 'generations.1.student.freeze: ...'."""
+    field = "teacher.model" if gen.index == 0 else f"generations.{gen.index - 1}.student"
+    return f"{field}.{line[len('model.'):]}" if line.startswith("model.") else f"{field}: {line}"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generation_key(spec: ChainSpec, gen: ResolvedGeneration, teacher_digest: str | None) -> str:
+    """What a generation's result depends on: its resolved spec, the data as it is now (its fingerprint: an image
+    folder that grew changes it), the seed, its teacher's weights (for a loaded teacher: the weights it loads)."""
+    if gen.index == 0 and spec.teacher.from_ is not None:
+        teacher_digest = file_digest(teacher_source(spec))
+    return spec_hash({"generation": gen.as_json(), "data": spec.data.model_dump(mode="json"), "seed": spec.seed,
+                      "teacher": teacher_digest, "data_fingerprint": data_fingerprint(spec.data)})
+
+
+def chain_digest(spec: ChainSpec) -> str:
+    return spec_hash(json.loads(canonical_json(spec)) | {"tracking": None})

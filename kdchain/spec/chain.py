@@ -1,0 +1,88 @@
+"""The chain: a teacher (trained, or loaded with `from`) followed by generations A, B, C, ...
+
+Generation k is distilled from generation k-1 (or from every earlier one, `teachers: ancestors`).
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from kdchain.spec.base import Strict
+from kdchain.spec.data import DataSpec
+from kdchain.spec.distill import CeLoss, KdLoss, Loss
+from kdchain.spec.models import Arch, StudentSpec
+from kdchain.spec.search import SearchSpec
+from kdchain.spec.tracking import PromotionSpec, TrackingSpec
+from kdchain.spec.train import TrainSpec
+
+
+def _default_distill() -> list:
+    return [KdLoss(weight=0.7, temperature=4.0), CeLoss(weight=0.3)]
+
+
+class TeacherSpec(Strict):
+    """Either `model` (+ `train`): a teacher trained on labels; or `from`: an existing model, evaluated, not trained."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    model: Arch | None = Field(None, description="the teacher's architecture (omit with `from`)")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how the teacher is trained (cross-entropy)")
+    from_: str | None = Field(None, alias="from", min_length=1, description=(
+        "start from this model instead of training one: models:/<name>@<alias> or models:/<name>/<version>, "
+        "runs:/<run_id>, or a kdchain checkpoint file (model.pt)"))
+
+    @model_validator(mode="after")
+    def _model_or_from(self):
+        if (self.model is None) == (self.from_ is None):
+            raise ValueError("give either `model` (a teacher to train) or `from` (a model to start from), not both")
+        if self.from_ is not None and "train" in self.model_fields_set:
+            raise ValueError("`train` does not apply to a teacher loaded with `from` (it is not trained); remove it")
+        return self
+
+
+class GenerationSpec(Strict):
+    name: str = Field(description="short name shown everywhere, e.g. A", pattern=r"^[A-Za-z0-9_.-]+$")
+    student: StudentSpec = Field(description="the student's architecture, or {derive: {...}} from its teacher")
+    distill: list[Loss] = Field(default_factory=_default_distill, min_length=1,
+                                description="the loss terms, summed with their weights")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="how this student is trained")
+    search: SearchSpec | None = Field(None, description="search the student's width/depth (see kdchain.search); "
+                                                        "the winner replaces `student`")
+    teachers: Literal["direct", "ancestors"] = Field(
+        "direct", description="direct: the generation before teaches; ancestors: every earlier generation, the "
+        "teacher included, teaches the logit terms (kd, dkd) - densely guided KD, Son et al. ICCV 2021")
+    teacher_weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, description="with ancestors: one weight per teacher, oldest (the teacher) first; default equal")
+
+
+class ChainSpec(Strict):
+    name: str = Field(description="the chain's name: MLflow experiment and model names derive from it",
+                      pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0, description="seed of the data split, initialisation and batch order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where training runs")
+    workdir: str = Field("mlruns/kdchain", description="checkpoints and cached results (a path every worker reaches)")
+    data: DataSpec = Field(description="the data set")
+    teacher: TeacherSpec = Field(description="generation 0: trained from scratch on labels, or an existing model (`from`)")
+    generations: list[GenerationSpec] = Field(min_length=1, description="students, each distilled from the one before")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where MLflow records the chain")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec,
+                                     description="when `kdchain schedule`/retrain moves the champion alias")
+
+    @field_validator("generations")
+    @classmethod
+    def _unique_names(cls, gens: list[GenerationSpec]):
+        names = [g.name for g in gens]
+        dupes = sorted({n for n in names if names.count(n) > 1 or n == "teacher"})
+        if dupes:
+            raise ValueError(f"generation names must be unique and not 'teacher': {', '.join(dupes)}")
+        return gens
+
+    def generation_names(self) -> list[str]:
+        return ["teacher"] + [g.name for g in self.generations]
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def registered_name(self) -> str:
+        return self.tracking.register_as or f"{self.name}-student"

@@ -1,0 +1,63 @@
+"""Registered models and their aliases: `champion` and `challenger` move by compare-and-set under a file lock;
+a promotion decision is recorded on the chain run and on the model version."""
+
+from pathlib import Path
+
+import mlflow
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.entities import RunTag
+
+from kdchain.tracking.store import sqlite_path
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class AliasMoved(Exception):
+    """The alias no longer points where the caller last saw it (another retrain promoted meanwhile)."""
+
+
+def alias_version(uri: str, name: str, alias: str) -> tuple[str, str] | None:
+    """(version, run id) of the model version an alias points at, or None (no such model or alias)."""
+    try:
+        mv = MlflowClient(uri).get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(mv.version), mv.run_id
+
+
+def _alias_lock(uri: str, name: str, lock_dir: Path) -> FileLock:
+    # MLflow has no compare-and-set on aliases: every alias move of kdchain takes this lock, beside a local store or
+    # in the chain's workdir (a path every worker reaches), re-reads the alias and only then sets it
+    db = sqlite_path(uri)
+    folder = db.parent if db is not None else Path(lock_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return FileLock(str(folder / f".kdchain-alias-{safe}.lock"), timeout=120)
+
+
+def move_alias(uri: str, name: str, alias: str, version: str, expected: str | None, lock_dir: Path) -> None:
+    """Point `alias` at `version` if it still points at `expected` (None: no holder yet); else raise AliasMoved."""
+    client = MlflowClient(uri)
+    with _alias_lock(uri, name, lock_dir):
+        current = alias_version(uri, name, alias)
+        current_version = current[0] if current is not None else None
+        if current_version != expected:
+            raise AliasMoved(f"{alias} of {name} is version {current_version}, not {expected} as compared against")
+        client.set_registered_model_alias(name, alias, version)
+
+
+def set_alias(uri: str, name: str, alias: str, version: str, lock_dir: Path) -> None:
+    with _alias_lock(uri, name, lock_dir):
+        MlflowClient(uri).set_registered_model_alias(name, alias, version)
+
+
+def record_decision(uri: str, chain_run_id: str, name: str, version: str, tags: dict[str, str],
+                    markdown: str) -> None:
+    """The promotion decision on the chain run (tags + promotion.md) and on the model version (tags)."""
+    client = MlflowClient(uri)
+    client.log_batch(chain_run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()], synchronous=True)
+    client.log_text(chain_run_id, markdown, "promotion.md")
+    for k in ("kdchain.promotion.outcome", "kdchain.promotion.reason"):
+        if k in tags:
+            client.set_model_version_tag(name, version, k, str(tags[k])[:5000])

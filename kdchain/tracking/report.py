@@ -1,0 +1,55 @@
+"""Pictures and tables of a chain on its MLflow runs: the generation table (MLflow table and markdown),
+accuracy against params and latency, validation accuracy per epoch, a confusion matrix per generation.
+Mixed into Tracker, whose client and run layout it reads."""
+
+import contextlib
+
+from kdchain.measure import plots
+from kdchain.tracking.store import DEFAULT_UI, FINAL_KEYS
+
+PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
+                                          "plots/val_accuracy_per_epoch.png")
+PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
+
+
+class ChainReport:
+    """The chain report's half of Tracker (self.client: an MlflowClient; self.generation_table, self.run_url)."""
+
+    def log_confusion(self, run_id: str, matrix: list[list[int]], class_names: list[str], title: str) -> None:
+        """The generation's test confusion matrix as a PNG on its run."""
+        if matrix:
+            self.client.log_figure(run_id, plots.confusion_matrix(matrix, class_names, title), PLOT_CONFUSION)
+
+    def val_histories(self, rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+        """name -> [(epoch, val accuracy)] read back from MLflow (epochs are steps >= 1; step 0 is the final value)."""
+        return {r["name"]: [(m.step, m.value) for m in self.client.get_metric_history(r["run_id"], "val_accuracy")
+                            if m.step >= 1] for r in rows}
+
+    def log_chain_report(self, chain_run_id: str, chain_name: str, host: str = DEFAULT_UI) -> list[dict]:
+        """On the chain run: accuracy-vs-params/latency and val-accuracy-per-epoch plots, the generation table as an
+        MLflow table (generations.json) and as markdown (generations.md). Returns the table's rows."""
+        _, rows = self.generation_table(chain_run_id)
+        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "params", "parameters",
+                                                               f"{chain_name}: test accuracy vs parameters"), PLOT_PARAMS)
+        self.client.log_figure(chain_run_id, plots.accuracy_vs(rows, "latency_ms", "latency per image (ms)",
+                                                               f"{chain_name}: test accuracy vs latency"), PLOT_LATENCY)
+        self.client.log_figure(chain_run_id, plots.val_accuracy_curves(self.val_histories(rows),
+                                                                       f"{chain_name}: validation accuracy per epoch"),
+                               PLOT_EPOCHS)
+        table = [{"generation": r["name"], "architecture": r["summary"],
+                  **{k: r[k] for k in FINAL_KEYS if r.get(k) is not None},
+                  "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
+        # log_table appends to an existing file: a re-run of the same chain run replaces it instead
+        with contextlib.suppress(Exception):
+            if any(f.path == TABLE_JSON for f in self.client.list_artifacts(chain_run_id)):
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(self.client.get_run(chain_run_id).info.artifact_uri).delete_artifacts(TABLE_JSON)
+        if table:
+            self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
+        md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
+               **{k: f"{t[k]:.4g}" for k in FINAL_KEYS if k in t}} for t in table]
+        self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
+            md, [("generation", "generation"), ("architecture", "architecture")] +
+            [(k, k) for k in FINAL_KEYS]), TABLE_MD)
+        return rows

@@ -1,0 +1,123 @@
+"""The MLflow store: where it is (URI resolution, the UI that shows it), creating it once, one-line errors when it
+cannot be written, the tags of kdchain's run layout, and look-ups that create nothing.
+
+Layout: one experiment per chain name; one parent run per chain (tag kdchain.kind=chain) and one nested run per
+generation, the teacher included (kdchain.kind=generation, kdchain.generation = 0-based index).
+"""
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+KIND, GENERATION, GENERATION_NAME = "kdchain.kind", "kdchain.generation", "kdchain.generation_name"
+TEACHER_RUN, PARENT, CHAIN_DIGEST, CACHE_KEY = "kdchain.teacher_run_id", "mlflow.parentRunId", "kdchain.chain_digest", "kdchain.cache_key"
+SEARCH_OF, TRIAL, WORKER, WINNER = "kdchain.search_of", "kdchain.trial", "kdchain.worker", "kdchain.search.winner"
+SEARCH_RUN, CHOSEN = "kdchain.search_run_id", "kdchain.chosen_trial"  # on a searched generation's run
+SUPERSEDED = "kdchain.superseded_by"  # a finished generation run that a retrain replaced: compare and caching skip it
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `kdchain ui` serves a local store
+FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
+              "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
+
+
+def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
+    """--tracking-uri, then the spec's tracking.uri, then MLFLOW_TRACKING_URI, then the project's store."""
+    return cli_uri or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def ui_base(uri: str, configured: str | None = None) -> str:
+    """The MLflow UI that shows this store: the configured URL, the tracking server itself, or `kdchain ui`'s."""
+    if configured:
+        return configured.rstrip("/")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return DEFAULT_UI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what to change."""
+
+
+# what SQLite (through SQLAlchemy and MLflow) says when it cannot write, and OS errors of a write
+_STORE_WRITE_ERRORS = ("database or disk is full", "readonly database", "unable to open database file",
+                       "disk I/O error", "No space left on device", "Read-only file system")
+
+
+def as_store_error(e: BaseException, uri: str) -> StoreError | None:
+    """A StoreError saying what to change when `e` is the store failing to write; None otherwise."""
+    text = str(e)
+    reason = next((r for r in _STORE_WRITE_ERRORS if r.lower() in text.lower()), None)
+    if reason is None and isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    if reason is None:
+        return None
+    return StoreError(f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
+                      "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
+
+
+def chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def prepare_sqlite(db: Path) -> None:
+    """Create the store once, under a file lock: two processes racing to migrate a fresh DB collide."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = db.parent / ".kdchain-store.lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
+    except Exception as e:  # OSError making the folder; SQLite's own errors while migrating
+        err = as_store_error(e, f"sqlite:///{db}")
+        if err is None:
+            raise
+        raise err from None
+
+
+def prepare_store(uri: str) -> None:
+    """Create a local SQLite store (once, under a lock) or raise StoreError saying what to change."""
+    db = sqlite_path(uri)
+    if db is not None:
+        prepare_sqlite(db)
+
+
+def store_exists(uri: str) -> bool:
+    db = sqlite_path(uri)
+    return db is None or db.is_file()
+
+
+def experiment_of_run(uri: str, run_id: str) -> str | None:
+    """The experiment name of a run in the store, or None when there is no such run."""
+    if not store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def latest_chain_experiment(uri: str) -> str | None:
+    """The experiment of the most recent kdchain chain run in the store."""
+    if not store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, f"tags.`{KIND}` = 'chain'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if ids else []
+    return client.get_experiment(runs[0].info.experiment_id).name if runs else None
