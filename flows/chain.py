@@ -1,12 +1,20 @@
 """The chain as a Prefect flow: one cached task per generation, teacher first.
 
-The student of generation k is the teacher of k+1, passed as a checkpoint path. A generation's cache key is its
-resolved spec plus its teacher checkpoint's digest, and its result is persisted under the chain's workdir, so a
-re-run after a crash skips the generations that finished. (No `from __future__ import annotations` here:
-Prefect validates the flow's pydantic parameters from the real annotations.)
+The student of generation k is the teacher of k+1, passed as a checkpoint path. A generation's key is its content
+(resolved spec, data and fingerprint, seed, its teachers' checkpoint digests): a generation that FINISHED under that
+key in any chain run of the store, with a checkpoint that loads, is reused, not trained (kdchain.tracking.reuse).
+MLflow's FINISHED run decides, not a Prefect cache record: a record is keyed by content but names the run that
+wrote it, and a reused generation needs a run of its own under the new chain run.
+
+Locks (kdchain.locks): one process per chain at a time (a second one waits, then reuses what the first trained), and
+one trainer per generation key across chains (a waiter reuses the result, or trains if the holder was killed).
+(No `from __future__ import annotations` here: Prefect validates the flow's pydantic parameters from the real
+annotations.)
 """
 
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -20,11 +28,14 @@ from kdchain.chain import train_generation
 from kdchain.checkpoints import CheckpointError, load_checkpoint, pin_teacher
 from kdchain.checks import check_chain
 from kdchain.distill import Diverged, StateUnreadable, load_train_state
+from kdchain.locks import chain_lock_path, generation_lock_path, held, lock_folder
 from kdchain.models import describe
 from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, generation_key, resolve_chain,
                              teacher_indices)
-from kdchain.spec import ChainSpec, load_spec
-from kdchain.tracking import Tracker, resolve_uri, ui_base
+from kdchain.spec import ChainSpec, SpecError, load_spec
+from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
+from kdchain.tracking.reuse import (CHECKPOINT, CHECKPOINT_DIGEST, MODEL_URI, REUSED_FROM, final_metrics,
+                                    finished_with_key, missing_at_step, record_reuse, run_status)
 
 
 class GenerationResult(BaseModel):
@@ -39,6 +50,7 @@ class GenerationResult(BaseModel):
     model_uri: str
     metrics: dict[str, float]
     seconds: dict[str, float] = {}
+    reused_from: str | None = None  # the run that trained it, when this chain run reused it
 
 
 class ChainResult(BaseModel):
@@ -46,7 +58,7 @@ class ChainResult(BaseModel):
     experiment_id: str
     tracking_uri: str
     generations: list[GenerationResult]
-    reused: list[str]  # names of the generations taken from the cache
+    reused: list[str]  # names of the generations reused, not trained
     registered: str | None = None  # "name/version"
     flow_started: float = 0.0  # time.time() when the flow body began (start-up cost = this - the caller's start)
     seconds: float = 0.0
@@ -56,23 +68,21 @@ def generation_dir(spec: ChainSpec, gen: ResolvedGeneration, key: str) -> Path:
     return Path(spec.workdir) / spec.name / f"{gen.index}-{gen.name}-{key[:12]}"
 
 
-@task(name="generation", cache_key_fn=lambda ctx, params: params["cache_key"], persist_result=True,
-      task_run_name="{gen_name}")
+@task(name="generation", task_run_name="{gen_name}")
 def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: GenerationResult | None,
                        teacher_accuracy: float | None, cache_key: str, out_dir: str, parent_run_id: str,
-                       tracking_uri: str, extra_teachers: list[str] = []) -> GenerationResult:
+                       tracking_uri: str, extra_teachers: list[str] = [], fresh: bool = False) -> GenerationResult:
     """Train one generation and record it in its own MLflow run, nested under the chain run.
-    `extra_teachers`: checkpoint paths of its other teachers (teachers: ancestors), oldest first."""
+    `extra_teachers`: checkpoint paths of its other teachers (teachers: ancestors), oldest first.
+
+    Its end is a small transaction: the resume state of the last epoch stays until the run is FINISHED, so whatever
+    a kill interrupts after it (evaluation, profile, export, logging) is redone from the saved weights with 0 epochs
+    trained, and each metric step and the logged model are written once."""
     tracker = Tracker(tracking_uri, spec.experiment_name())
     gen = resolve_chain(spec)[index]  # the flow checked the spec before any generation ran
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        saved = load_train_state(out / "train_state.pt")
-    except StateUnreadable as e:  # cannot resume: start over in a new run (the old one is ended as KILLED)
-        progress.note(f"{gen.name}: {e}; training {gen.name} from epoch 1")
-        (out / "train_state.pt").unlink()
-        saved = None
+    saved = _resume_state(out, tracker, gen.name, fresh)
     run_id = _generation_run(tracker, spec, gen, teacher, cache_key, parent_run_id, out)
     if saved is not None:
         tracker.backfill_epochs(run_id, {r["epoch"]: _epoch_metrics(r["train_loss"], r["val_accuracy"], r["parts"])
@@ -84,6 +94,8 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
 
     def on_epoch(report):
         nonlocal t_track
+        if report.epoch == report.epochs:  # its resume state has just been saved; nothing of it is logged yet
+            _test_kill_point(gen.name, "saved")
         t0 = time.perf_counter()
         tracker.log_epoch(run_id, report.epoch, _epoch_metrics(report.train_loss, report.val_accuracy, report.parts))
         t_track += time.perf_counter() - t0
@@ -98,19 +110,68 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         progress.stop(gen.name)
         raise
     progress.stop(gen.name)
+    _test_kill_point(gen.name, "trained")
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()
-    # val_accuracy of the last epoch is already in the run's history at step=epochs; log it once
-    final = {k: v for k, v in metrics.items() if not (k == "val_accuracy" and outcome.history)}
-    model_uri = tracker.finish_generation(run_id, final, model, outcome.checkpoint, step=gen.train.epochs)
+    # each metric once at step=epochs (the last epoch's val_accuracy is already there), also on a rerun
+    final = missing_at_step(tracker.client, run_id, metrics, gen.train.epochs)
+    checkpoint = Path(outcome.checkpoint).resolve()
+    digest = file_digest(checkpoint)
+    model_uri = tracker.finish_generation(run_id, final, model, str(checkpoint), step=gen.train.epochs,
+                                          tags={CHECKPOINT: str(checkpoint), CHECKPOINT_DIGEST: digest})
     t_track += time.perf_counter() - t0
+    _test_kill_point(gen.name, "recorded")
+    (out / "train_state.pt").unlink(missing_ok=True)  # recorded: the resume state is no longer needed
     (out / "run_id").unlink(missing_ok=True)
     return GenerationResult(index=index, name=gen.name, summary=outcome.arch_summary, run_id=run_id,
-                            checkpoint=outcome.checkpoint, checkpoint_digest=file_digest(Path(outcome.checkpoint)),
-                            model_uri=model_uri, metrics=metrics,
-                            seconds={**outcome.seconds, "tracking": t_track})
+                            checkpoint=str(checkpoint), checkpoint_digest=digest, model_uri=model_uri,
+                            metrics=metrics, seconds={**outcome.seconds, "tracking": t_track})
+
+
+@task(name="generation (reused)", task_run_name="{gen_name} (reused)")
+def reuse_generation(gen_name: str, index: int, original_run_id: str, chain_name: str, experiment: str,
+                     tracking_uri: str, parent_run_id: str, teacher_run_id: str | None) -> GenerationResult:
+    """Record a generation finished in another chain run as this chain run's: a FINISHED run with
+    kdchain.reused_from, its metrics copied, its checkpoint and model those of the original. Nothing is trained."""
+    tracker = Tracker(tracking_uri, experiment)
+    original = tracker.client.get_run(original_run_id)
+    run_id = original_run_id
+    if original.data.tags.get("mlflow.parentRunId") != parent_run_id:
+        run_id = record_reuse(tracker.client, tracker.experiment_id, original, parent_run_id,
+                              f"{chain_name} · {gen_name}", teacher_run_id)
+    return _result_of(tracker.client.get_run(run_id), index, gen_name)
+
+
+def _result_of(run, index: int, name: str) -> GenerationResult:
+    tags = run.data.tags
+    return GenerationResult(index=index, name=name, summary=tags.get("mlflow.note.content", "").split(" (reused:")[0],
+                            run_id=run.info.run_id, checkpoint=tags[CHECKPOINT],
+                            checkpoint_digest=tags[CHECKPOINT_DIGEST], model_uri=tags[MODEL_URI],
+                            metrics=final_metrics(run), reused_from=tags.get(REUSED_FROM, run.info.run_id))
+
+
+def _test_kill_point(gen_name: str, point: str) -> None:
+    """For tests only: KDCHAIN_TEST_KILL_AT=<generation>:<saved|trained|recorded> ends this process there with
+    SIGKILL, as a power cut would (saved: right after the last epoch's resume state is written)."""
+    if os.environ.get("KDCHAIN_TEST_KILL_AT") == f"{gen_name}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _resume_state(out: Path, tracker: Tracker, name: str, fresh: bool) -> dict | None:
+    """The resume state in `out`, or None. A state whose run is already FINISHED (a kill between FINISHED and
+    cleaning up) or one that `--fresh` retrains is dropped: training starts at epoch 1."""
+    state, run_file = out / "train_state.pt", out / "run_id"
+    if fresh or (run_file.is_file() and run_status(tracker.client, run_file.read_text().strip()) == "FINISHED"):
+        state.unlink(missing_ok=True)
+        run_file.unlink(missing_ok=True)
+    try:
+        return load_train_state(state)
+    except StateUnreadable as e:  # cannot resume: start over in a new run (the old one is ended as KILLED)
+        progress.note(f"{name}: {e}; training {name} from epoch 1")
+        state.unlink()
+        return None
 
 
 def _epoch_metrics(train_loss: float, val_accuracy: float, parts: dict[str, float]) -> dict[str, float]:
@@ -133,22 +194,55 @@ def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, 
 
 @flow(name="distill-chain", log_prints=False)
 def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
-                  fresh: bool = False) -> ChainResult:
-    """Teacher -> A -> B -> ...: each generation a cached task run and an MLflow run under one chain run."""
+                  fresh: bool | str = False) -> ChainResult:
+    """Teacher -> A -> B -> ...: each generation a task run and an MLflow run under one chain run; a generation
+    finished under the same key in any chain run of the store is reused. `fresh`: True (or "teacher") retrains
+    every generation, a generation's name retrains it and every later one; either starts a new chain run."""
     started = time.time()
     logger = get_run_logger()
     spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
     uri = resolve_uri(tracking_uri, spec.tracking.uri)
+    fresh_from = fresh_index(spec, fresh)
     spec = pin_teacher(spec, uri)  # teacher.from models:/x@champion -> models:/x/<version now>: the alias may move
     gens = check_chain(spec)
+    locks = lock_folder(sqlite_path(uri), spec.workdir)
+
+    def waiting(who: str) -> None:
+        _say(logger, f"chain {spec.name} is already running ({who}); waiting for it to finish, then reusing "
+                     "what it trained")
+
+    # one process per chain (config, workdir, store): a second one never writes into the first one's runs
+    with held(chain_lock_path(locks, chain_digest(spec)), f"chain {spec.name}", waiting):
+        return _run_chain(spec, gens, uri, fresh_from, locks, started, logger)
+
+
+def fresh_index(spec: ChainSpec, fresh: bool | str) -> int | None:
+    """The first generation `fresh` retrains (0 = the teacher, so all), or None: reuse what is finished."""
+    if fresh is False or fresh is None or fresh == "":
+        return None
+    if fresh is True or fresh == "teacher":
+        return 0
+    names = [g.name for g in spec.generations]
+    if fresh not in names:
+        raise SpecError([f"--fresh: chain {spec.name} has no generation {fresh!r}; give one of: teacher, "
+                         + ", ".join(names)])
+    return names.index(fresh) + 1
+
+
+def _say(logger, text: str) -> None:
+    progress.note(text)
+    logger.warning(text)
+
+
+def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_from: int | None, locks: Path,
+               started: float, logger) -> ChainResult:
     tracker = Tracker(uri, spec.experiment_name())
     chain_run_id, resumed = tracker.chain_run(spec, chain_digest(spec), yaml.safe_dump(spec.model_dump(mode="json"),
                                                                                          sort_keys=False),
-                                              fresh=fresh)
+                                              fresh=fresh_from is not None)
     killed = tracker.end_stale_runs(chain_run_id)
     if killed:
         logger.info("ended %d generation run(s) a killed process left running", killed)
-    storage = (Path(spec.workdir) / "prefect-results").resolve()  # persisted task results = the cache
 
     results: list[GenerationResult] = []
     reused: list[str] = []
@@ -163,27 +257,13 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                                                chain_run_id, uri)
                 gens[:] = check_chain(spec)  # in place: this and later generations follow from the winner
                 gen = gens[gen.index]
-            teachers = [results[i] for i in teacher_indices(gen)] if gen.index else []  # direct one last
-            key = generation_key(spec, gen, "+".join(r.checkpoint_digest for r in teachers) or None)
-            out_dir = generation_dir(spec, gen, key)
-            # reuse only what is really there: a finished MLflow run and a checkpoint that loads
-            usable = not fresh and tracker.finished_generation(chain_run_id, key) is not None
-            if usable:
-                try:
-                    load_checkpoint(out_dir / "model.pt")
-                except CheckpointError as e:
-                    progress.note(f"{gen.name}: {e}; retraining {gen.name}")
-                    usable = False
-            task_ = distill_generation.with_options(result_storage=storage, refresh_cache=not usable)
-            state = task_(spec, gen.name, gen.index, teacher, results[0].metrics["test_accuracy"] if results else None,
-                          key, str(out_dir.resolve()), chain_run_id, uri,
-                          [r.checkpoint for r in teachers[:-1]], return_state=True)
-            result = state.result()
-            if state.name == "Cached":
+            fresh = fresh_from is not None and gen.index >= fresh_from
+            result = _generation(spec, gen, results, tracker, chain_run_id, uri, locks, fresh)
+            if result.reused_from is not None:
                 reused.append(gen.name)
                 progress.reused(gen.name, result)
-            else:  # a retrain replaces any earlier finished run of this generation: it must not count twice
-                tracker.supersede(chain_run_id, gen.index, result.run_id)
+            # a retrain (or a reuse) replaces any earlier finished run of this generation: it must not count twice
+            tracker.supersede(chain_run_id, gen.index, result.run_id)
             if searched is not None:
                 tracker.mark_searched(result.run_id, searched.mlflow_run_id, f"search: trial {searched.winner} of "
                                       f"{len(searched.trials)}")
@@ -197,7 +277,10 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
             raise Diverged(f"generation {gen.name} ({where}): {e}") from None
         raise
 
-    registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)
+    # a reused final student is registered once: the version is looked up by the run that trained it
+    final = results[-1]
+    registered = tracker.register(final.model_uri, spec.registered_name(), chain_run_id,
+                                  final.reused_from or final.run_id)
     host = ui_base(uri, spec.tracking.ui_url)
     tracker.log_chain_report(chain_run_id, spec.name, host)
     _table_artifact(spec, results, tracker, chain_run_id, host)
@@ -206,6 +289,51 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
                        generations=results, reused=reused, registered=f"{spec.registered_name()}/{registered}",
                        flow_started=started, seconds=time.time() - started)
+
+
+def _generation(spec: ChainSpec, gen: ResolvedGeneration, results: list[GenerationResult], tracker: Tracker,
+                chain_run_id: str, uri: str, locks: Path, fresh: bool) -> GenerationResult:
+    """Reuse generation `gen` if it finished under its key anywhere in the store, else train it; under the
+    generation's lock, so that two chains needing it at once train it once (the other waits, then reuses it)."""
+    teachers = [results[i] for i in teacher_indices(gen)] if gen.index else []  # direct one last
+    key = generation_key(spec, gen, "+".join(r.checkpoint_digest for r in teachers) or None)
+    out_dir = generation_dir(spec, gen, key)
+    teacher = teachers[-1] if teachers else None
+
+    def waiting(who: str) -> None:
+        progress.note(f"{gen.name}: being trained by {who}; waiting to reuse it")
+
+    with held(generation_lock_path(locks, key), f"{spec.name}: {gen.name}", waiting):
+        original = None if fresh else _reusable(tracker, key, chain_run_id, gen.name)
+        if original is not None:
+            return reuse_generation(gen.name, gen.index, original.info.run_id, spec.name, spec.experiment_name(),
+                                    uri, chain_run_id, teacher.run_id if teacher else None)
+        state = distill_generation(spec, gen.name, gen.index, teacher,
+                                   results[0].metrics["test_accuracy"] if results else None, key,
+                                   str(out_dir.resolve()), chain_run_id, uri, [r.checkpoint for r in teachers[:-1]],
+                                   fresh, return_state=True)
+        return state.result()
+
+
+def _reusable(tracker: Tracker, key: str, chain_run_id: str, name: str):
+    """The finished run of this key to reuse, this chain run's own first, whose checkpoint loads and still has the
+    digest it was recorded with (a retrain in the same folder replaces it); None when there is none."""
+    runs = sorted(finished_with_key(tracker.client, key),
+                  key=lambda r: r.data.tags.get("mlflow.parentRunId") != chain_run_id)  # stable: newest first
+    problem = None
+    for run in runs:
+        path = Path(run.data.tags[CHECKPOINT])
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            problem = problem or str(e)
+            continue
+        if file_digest(path) == run.data.tags[CHECKPOINT_DIGEST]:
+            return run
+        problem = problem or f"checkpoint {path} was replaced since run {run.info.run_id[:8]} recorded it"
+    if problem:
+        progress.note(f"{name}: {problem}; retraining {name}")
+    return None
 
 
 def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker, chain_run_id: str,

@@ -50,8 +50,9 @@ def stop(name: str) -> None:
 
 def reused(name: str, result) -> None:
     if _bar is not None:
+        where = "" if result.reused_from in (None, result.run_id) else f", trained in run {result.reused_from[:8]}"
         console.print(f"{name:>8} already trained in an earlier run: reused "
-                      f"(test accuracy {result.metrics['test_accuracy']:.2%}, MLflow run {result.run_id[:8]})")
+                      f"(test accuracy {result.metrics['test_accuracy']:.2%}, MLflow run {result.run_id[:8]}{where})")
 
 
 def note(text: str) -> None:

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 import kdchain
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
+from kdchain.tracking.reuse import MODEL_URI
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
                                     TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
@@ -177,22 +178,27 @@ class Tracker(ChainReport):
         return [r for r in runs if SUPERSEDED not in r.data.tags]
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
-                          checkpoint: str, step: int = 0) -> str:
-        """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
+                          checkpoint: str, step: int = 0, tags: dict[str, str] | None = None) -> str:
+        """Final metrics, the model (loads back as its class), the checkpoint, `tags`; returns the logged model's URI.
+        Idempotent, for a rerun after a kill before FINISHED: a model the run already logged is not logged again."""
         mlflow.flush_async_logging()
         ts = now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              synchronous=True)
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True)
+        logged = [m for m in self.client.search_logged_models([self.experiment_id],
+                                                               f"source_run_id = '{run_id}' AND name = 'model'")
+                  if str(m.status).endswith("READY")]
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
-            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                            pip_requirements=_pip_requirements(),
-                                            code_paths=[str(Path(kdchain.__file__).parent)])
+            model_uri = logged[0].model_uri if logged else mlflow.pytorch.log_model(
+                model, name="model", serialization_format="pickle", pip_requirements=_pip_requirements(),
+                code_paths=[str(Path(kdchain.__file__).parent)]).model_uri
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
             if onnx.is_file():
                 mlflow.log_artifact(str(onnx), "onnx")
+        self.client.set_tag(run_id, MODEL_URI, model_uri)  # before FINISHED: a finished run always names its model
         self.client.set_terminated(run_id, status="FINISHED")
-        return info.model_uri
+        return model_uri
 
     def fail_run(self, run_id: str, message: str) -> None:
         with contextlib.suppress(Exception):
