@@ -35,7 +35,8 @@ from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, gene
 from kdchain.spec import ChainSpec, SpecError, load_spec
 from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
 from kdchain.tracking.reuse import (CHECKPOINT, CHECKPOINT_DIGEST, MODEL_URI, REUSED_FROM, final_metrics,
-                                    finished_with_key, missing_at_step, record_reuse, run_status)
+                                    finished_with_key, missing_at_step, record_reuse, run_parent,
+                                    run_status)
 
 
 class GenerationResult(BaseModel):
@@ -154,9 +155,14 @@ def _result_of(run, index: int, name: str) -> GenerationResult:
 
 def _test_kill_point(gen_name: str, point: str) -> None:
     """For tests only: KDCHAIN_TEST_KILL_AT=<generation>:<saved|trained|recorded> ends this process there with
-    SIGKILL, as a power cut would (saved: right after the last epoch's resume state is written)."""
+    SIGKILL, as a power cut would (saved: right after the last epoch's resume state is written);
+    KDCHAIN_TEST_STALL_AT=<generation>:<point> stops it there until something kills it."""
     if os.environ.get("KDCHAIN_TEST_KILL_AT") == f"{gen_name}:{point}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("KDCHAIN_TEST_STALL_AT") == f"{gen_name}:{point}":
+        progress.note(f"{gen_name}: stalled at {point} (KDCHAIN_TEST_STALL_AT)")
+        while True:
+            time.sleep(1)
 
 
 def _resume_state(out: Path, tracker: Tracker, name: str, fresh: bool) -> dict | None:
@@ -184,7 +190,8 @@ def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, 
     run_file = out / "run_id"
     if (out / "train_state.pt").is_file() and run_file.is_file():
         run_id = run_file.read_text().strip()
-        if tracker.reopen(run_id):
+        # only a run of this chain run: a state left by another chain's killed process resumes in a new run
+        if run_parent(tracker.client, run_id) == parent_run_id and tracker.reopen(run_id):
             return run_id
     run_id = tracker.generation_run(spec, parent_run_id, gen.index, gen.name, teacher.run_id if teacher else None,
                                     cache_key, gen.arch, describe(gen.arch))

@@ -19,6 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 from rich.table import Table  # noqa: E402
 
 from flows import progress  # noqa: E402
+from flows.housekeeping import add_workdir_args  # noqa: E402
 from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
 from kdchain.spec import SpecError, load_spec  # noqa: E402
 
@@ -103,6 +104,9 @@ def cmd_run(args) -> int:
     missing = missing_resources(spec, str(args.config))
     if missing:  # before Prefect or MLflow start: nothing is trained or written
         return _fail(missing)
+    from flows.chain import fresh_index
+
+    fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
     import logging
 
     from flows.chain import distill_chain
@@ -125,7 +129,7 @@ def cmd_run(args) -> int:
     server.ready()
     progress.enable()
     try:
-        result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh)
+        result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh or False)
     except KeyboardInterrupt:
         progress.disable()
         return _fail("kdchain: interrupted; run the same command again to resume (finished generations are kept)", 130)
@@ -229,6 +233,18 @@ def cmd_compare(args) -> int:
     return compare(args, generation_table)
 
 
+def cmd_runs(args) -> int:
+    from flows.housekeeping import cmd_runs as runs
+
+    return runs(args)
+
+
+def cmd_clean(args) -> int:
+    from flows.housekeeping import cmd_clean as clean
+
+    return clean(args)
+
+
 def cmd_ui(args) -> int:
     from flows.views import cmd_ui as ui
 
@@ -252,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = config_cmd("run", "train the chain")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the project store)")
-    p.add_argument("--fresh", action="store_true", help="retrain every generation instead of reusing finished ones")
+    p.add_argument("--fresh", nargs="?", const="teacher", metavar="GEN",
+                   help="retrain GEN and every later generation (alone: all of them) in a new chain run, instead of "
+                        "reusing finished ones")
     p.set_defaults(fn=cmd_run)
 
     p = config_cmd("validate", "check a config; prints OK or one line per problem")
@@ -283,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_args(p)
     p.set_defaults(fn=cmd_compare)
 
+    p = sub.add_parser("runs", help="the generation folders of a workdir: size, age, the chain runs using each")
+    add_workdir_args(p)
+    p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("clean", help="delete the generation folders no finished chain run or registered model uses")
+    add_workdir_args(p)
+    p.add_argument("--keep-last", type=int, metavar="N",
+                   help="keep only what the N newest finished chain runs (per experiment) use")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    p.set_defaults(fn=cmd_clean)
+
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)
     p.set_defaults(fn=cmd_ui)
@@ -293,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "validate" and "--schema" in argv and not any(a.endswith((".yaml", ".yml")) for a in argv):
         argv = [*argv, "-"]  # `kdchain validate --schema` needs no config
+    argv = [a if not (a == "--fresh" and i + 1 < len(argv) and argv[i + 1].endswith((".yaml", ".yml")))
+            else "--fresh=teacher" for i, a in enumerate(argv)]  # `--fresh chain.yaml`: the flag, then the config
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

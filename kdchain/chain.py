@@ -156,7 +156,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch,
                                       eager_latency_ms=costs.latency_ms))
     t4 = time.perf_counter()
-    (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
+    # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
+    # resumes after the last epoch, 0 epochs trained)
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
                                 {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,

@@ -10,7 +10,7 @@ not change them, so a finished generation is looked up in every experiment of th
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from kdchain.tracking.store import CACHE_KEY, KIND, PARENT, SUPERSEDED, TEACHER_RUN, chunks
+from kdchain.tracking.store import CACHE_KEY, CHAIN_DIGEST, KIND, PARENT, SUPERSEDED, TEACHER_RUN, chunks
 
 CHECKPOINT, CHECKPOINT_DIGEST = "kdchain.checkpoint", "kdchain.checkpoint_digest"  # absolute path, sha256
 MODEL_URI, REUSED_FROM = "kdchain.model_uri", "kdchain.reused_from"  # the logged model; the run that trained it
@@ -33,6 +33,13 @@ def run_status(client: MlflowClient, run_id: str) -> str | None:
     try:
         return client.get_run(run_id).info.status
     except Exception:  # deleted, or from another store
+        return None
+
+
+def run_parent(client: MlflowClient, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).data.tags.get(PARENT)
+    except Exception:
         return None
 
 
@@ -77,3 +84,35 @@ def generation_runs(client: MlflowClient) -> list:
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments, f"tags.`{KIND}` = 'generation'") if experiments else []
 
+
+
+def generation_references(client: MlflowClient) -> list[dict]:
+    """One row per generation run of the store: where its checkpoint is, its chain run (name, status, start,
+    digest) and the registered versions made from it; what `kdchain runs` and `kdchain clean` judge folders by."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    chains = {r.info.run_id: r for r in client.search_runs(experiments, f"tags.`{KIND}` = 'chain'")}
+    registered: dict[str, list[str]] = {}
+    for v in client.search_model_versions():
+        registered.setdefault(v.run_id, []).append(f"{v.name}/{v.version}")
+    rows = []
+    for run in generation_runs(client):
+        tags, chain = run.data.tags, chains.get(run.data.tags.get(PARENT))
+        rows.append({"run_id": run.info.run_id, "run_name": run.info.run_name or "", "status": run.info.status,
+                     "checkpoint": tags.get(CHECKPOINT), "key": tags.get(CACHE_KEY, ""),
+                     "superseded": SUPERSEDED in tags, "reused_from": tags.get(REUSED_FROM),
+                     "experiment_id": run.info.experiment_id, "chain_run_id": tags.get(PARENT),
+                     "chain_name": chain.info.run_name if chain else None,
+                     "chain_status": chain.info.status if chain else None,
+                     "chain_started": chain.info.start_time if chain else 0,
+                     "chain_digest": chain.data.tags.get(CHAIN_DIGEST) if chain else None,
+                     "registered": registered.get(run.info.run_id, [])})
+    return rows
+
+
+def store_references(uri: str) -> list[dict]:
+    """generation_references of the store at `uri`; [] when there is no store yet (creates nothing)."""
+    from kdchain.tracking.store import store_exists
+
+    return generation_references(MlflowClient(uri)) if store_exists(uri) else []

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 import kdchain
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
-from kdchain.tracking.reuse import MODEL_URI
+from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
                                     TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
@@ -282,6 +282,10 @@ class Tracker(ChainReport):
                            **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
             if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
                 rows[index]["note"] = run.data.tags[CHOSEN]
+            if REUSED_FROM in run.data.tags:  # not trained in this chain run: compare says where it was
+                rows[index]["reused_from"] = run.data.tags[REUSED_FROM]
+                rows[index]["note"] = " ".join(filter(None, [rows[index].get("note"),
+                                                             f"reused from run {run.data.tags[REUSED_FROM][:8]}"]))
         return chain_run_id, [rows[i] for i in sorted(rows)]
 
     def chain_summaries(self) -> list[dict]:
