@@ -100,6 +100,7 @@ def test_a_kill_right_after_the_last_epoch_is_saved_trains_nothing_again(tmp_pat
     once and registers one version."""
     for point in ("saved", "trained"):
         cfg = tiny_chain(tmp_path / point, name=f"end-{point}", epochs=2)
+        cfg["generations"] = cfg["generations"][:2]  # teacher -> A -> B: B is the last generation
         path = write_config(tmp_path, cfg, f"{point}.yaml")
         code, out, err = finish(cli(["run", str(path)], dict(cli_env, KDCHAIN_TEST_KILL_AT=f"B:{point}")))
         assert code == -signal.SIGKILL, out + err
@@ -107,7 +108,7 @@ def test_a_kill_right_after_the_last_epoch_is_saved_trains_nothing_again(tmp_pat
         code, out, err = finish(cli(["run", str(path)], cli_env))
         assert code == 0 and "Traceback" not in err, out + err
         assert not re.search(r"(teacher|A|B) epoch", out), out  # nothing of B trained again
-        assert "B: resuming after epoch 2/2" in out and "C epoch 2/2" in out, out
+        assert "B: resuming after epoch 2/2" in out, out
         client = MlflowClient(cfg["tracking"]["uri"])
         runs = runs_of(client, cfg["name"])
         b = [r for r in gen_runs(runs, "FINISHED") if r.data.tags[GENERATION_NAME] == "B"]
