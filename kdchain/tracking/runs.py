@@ -194,11 +194,12 @@ class Tracker(ChainReport):
         self.client.set_terminated(run_id, status="FINISHED")
         return info.model_uri
 
-    def fail_run(self, run_id: str, message: str) -> None:
+    def fail_run(self, run_id: str, message: str, status: str = "FAILED") -> None:
+        """End a run that did not finish: FAILED, or KILLED when interrupted (a rerun resumes it)."""
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
             self.client.set_tag(run_id, "kdchain.error", message[:5000])
-            self.client.set_terminated(run_id, status="FAILED")
+            self.client.set_terminated(run_id, status=status)
 
     def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str) -> str:
         """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
