@@ -19,6 +19,8 @@ from mlflow.entities import Metric, Param, RunTag
 import kdchain
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
+
+WARNING = "kdchain.warning"
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
                                     TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
@@ -193,6 +195,10 @@ class Tracker(ChainReport):
                 mlflow.log_artifact(str(onnx), "onnx")
         self.client.set_terminated(run_id, status="FINISHED")
         return info.model_uri
+
+    def warn(self, run_id: str, message: str) -> None:
+        """A warning about a run that still finishes (e.g. its ONNX export left out), as the tag kdchain.warning."""
+        self.client.set_tag(run_id, WARNING, message[:5000])
 
     def fail_run(self, run_id: str, message: str, status: str = "FAILED") -> None:
         """End a run that did not finish: FAILED, or KILLED when interrupted (a rerun resumes it)."""
