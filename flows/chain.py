@@ -100,6 +100,8 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         raise
     progress.stop(gen.name)
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
+    if outcome.skipped:  # the metric skipped_files counts them
+        tracker.log_skipped(run_id, outcome.skipped)
     if outcome.export_warning:  # the generation is kept; its run says why it has no ONNX file
         tracker.warn(run_id, outcome.export_warning)
         progress.note(f"{gen.name}: warning: {outcome.export_warning}")

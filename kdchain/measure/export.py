@@ -107,3 +107,18 @@ def export_and_measure(model: nn.Module, input_shape: tuple[int, ...], path: Pat
     diff = check_onnx(model, path, check_x)
     return {"onnx_max_abs_diff": diff,
             **measure_speed(model, path, input_shape, threads, eager_latency_ms=eager_latency_ms).as_dict()}
+
+
+def label_onnx(path: Path, class_names: list[str]) -> None:
+    """Store the outputs' class names in the ONNX file's metadata (key "class_names", a JSON list); ONNX Runtime
+    reads them back with session.get_modelmeta().custom_metadata_map."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    for i in reversed(range(len(model.metadata_props))):  # a rewrite replaces, never duplicates
+        if model.metadata_props[i].key == "class_names":
+            del model.metadata_props[i]
+    model.metadata_props.add(key="class_names", value=json.dumps(list(class_names)))
+    onnx.save(model, str(path))

@@ -7,6 +7,7 @@ in a worker thread or process logs to the right place.
 
 import contextlib
 import io
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
 
 WARNING = "kdchain.warning"
+CLASS_NAMES = "kdchain.class_names"  # a JSON list, in output order
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
                                     TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
@@ -180,14 +182,18 @@ class Tracker(ChainReport):
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
                           checkpoint: str, step: int = 0) -> str:
-        """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
+        """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI.
+        The model's `class_names` (kdchain.chain sets them) go into the logged model's metadata and the run's tag
+        kdchain.class_names (a JSON list), from which register() copies them to the model version."""
         mlflow.flush_async_logging()
         ts = now_ms()
+        names = getattr(model, "class_names", None)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              synchronous=True)
+                              tags=[RunTag(CLASS_NAMES, json.dumps(names))] if names else [], synchronous=True)
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
             info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
                                             pip_requirements=_pip_requirements(),
+                                            metadata={"class_names": names} if names else None,
                                             code_paths=[str(Path(kdchain.__file__).parent)])
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
@@ -195,6 +201,10 @@ class Tracker(ChainReport):
                 mlflow.log_artifact(str(onnx), "onnx")
         self.client.set_terminated(run_id, status="FINISHED")
         return info.model_uri
+
+    def log_skipped(self, run_id: str, skipped: list[str]) -> None:
+        """The files the data source could not read, whole paths and why, one a line: data/skipped_files.txt."""
+        self.client.log_text(run_id, "\n".join(skipped) + "\n", "data/skipped_files.txt")
 
     def warn(self, run_id: str, message: str) -> None:
         """A warning about a run that still finishes (e.g. its ONNX export left out), as the tag kdchain.warning."""
@@ -214,8 +224,12 @@ class Tracker(ChainReport):
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
                 return max(existing, key=lambda v: int(v.version)).version
+        tags = {"kdchain.chain_run_id": chain_run_id}
+        names = self.client.get_run(run_id).data.tags.get(CLASS_NAMES)
+        if names:  # what each output means, on the version a deployment loads
+            tags[CLASS_NAMES] = names
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
-            version = mlflow.register_model(model_uri, name, tags={"kdchain.chain_run_id": chain_run_id})
+            version = mlflow.register_model(model_uri, name, tags=tags)
         return version.version
 
     # ------------------------------------------------------------------------------------------ searches
@@ -280,7 +294,8 @@ class Tracker(ChainReport):
                 continue
             rows[index] = {"generation": index, "name": run.data.tags.get(GENERATION_NAME),
                            "run_id": run.info.run_id, "summary": run.data.tags.get("mlflow.note.content", ""),
-                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
+                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS},
+                           "class_names": json.loads(run.data.tags.get(CLASS_NAMES, "null"))}
             if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
                 rows[index]["note"] = run.data.tags[CHOSEN]
         return chain_run_id, [rows[i] for i in sorted(rows)]
