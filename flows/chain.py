@@ -20,10 +20,11 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import TerminationSignal
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from flows import progress
+from flows import progress, signals
 from kdchain.chain import train_generation
 from kdchain.checkpoints import CheckpointError, load_checkpoint, pin_teacher
 from kdchain.checks import check_chain
@@ -107,12 +108,17 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         outcome, model = train_generation(spec, index, Path(teacher.checkpoint) if teacher else None, out, on_epoch,
                                           [Path(p) for p in extra_teachers])
     except BaseException as e:  # Ctrl-C included: the run must not stay RUNNING
-        tracker.fail_run(run_id, f"{type(e).__name__}: {e}")
+        tracker.fail_run(run_id, f"{type(e).__name__}: {e}", "KILLED" if interrupted(e) else "FAILED")
         progress.stop(gen.name)
         raise
     progress.stop(gen.name)
     _test_kill_point(gen.name, "trained")
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
+    if outcome.skipped:  # the metric skipped_files counts them
+        tracker.log_skipped(run_id, outcome.skipped)
+    if outcome.export_warning:  # the generation is kept; its run says why it has no ONNX file
+        tracker.warn(run_id, outcome.export_warning)
+        progress.note(f"{gen.name}: warning: {outcome.export_warning}")
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()
@@ -180,6 +186,12 @@ def _resume_state(out: Path, tracker: Tracker, name: str, fresh: bool) -> dict |
         return None
 
 
+def interrupted(e: BaseException) -> bool:
+    """Ctrl-C, SIGTERM (inside a flow Prefect raises TerminationSignal for it) or a lost Prefect server
+    (flows/signals.py): the runs end KILLED and a rerun resumes them."""
+    return isinstance(e, (KeyboardInterrupt, TerminationSignal))
+
+
 def _epoch_metrics(train_loss: float, val_accuracy: float, parts: dict[str, float]) -> dict[str, float]:
     return {"train_loss": train_loss, "val_accuracy": val_accuracy, **{f"loss_{k}": v for k, v in parts.items()}}
 
@@ -206,6 +218,7 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     finished under the same key in any chain run of the store is reused. `fresh`: True (or "teacher") retrains
     every generation, a generation's name retrains it and every later one; either starts a new chain run."""
     started = time.time()
+    signals.claim_sigterm()  # under `kdchain run`: SIGTERM ends the runs like Ctrl-C (flows/signals.py)
     logger = get_run_logger()
     spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
     uri = resolve_uri(tracking_uri, spec.tracking.uri)
@@ -278,7 +291,9 @@ def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_
             teacher = result
     except BaseException as e:
         with contextlib.suppress(Exception):  # a store that cannot be written must not hide the first error
-            tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            if interrupted(e):  # whatever the interruption stopped mid-way is ended KILLED too
+                tracker.end_stale_runs(chain_run_id)
+            tracker.finish_chain(chain_run_id, status="KILLED" if interrupted(e) else "FAILED")
         if isinstance(e, Diverged):
             where = "teacher" if gen.index == 0 else f"generations.{gen.index - 1}"
             raise Diverged(f"generation {gen.name} ({where}): {e}") from None

@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
 from rich.table import Table  # noqa: E402
 
-from flows import progress  # noqa: E402
+from flows import progress, signals  # noqa: E402
 from flows.housekeeping import add_workdir_args  # noqa: E402
 from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
 from kdchain.spec import SpecError, load_spec  # noqa: E402
@@ -97,6 +97,7 @@ def _not_a_run_failure(record) -> bool:
 def cmd_run(args) -> int:
     from flows import server
 
+    signals.install()  # Ctrl-C and SIGTERM: runs ended KILLED, one line, exit 130/143
     which_server = server.prestart()  # a temporary Prefect server starts while torch, the spec and the store load
     spec = _load(args)
     from kdchain.checks import missing_resources
@@ -127,16 +128,23 @@ def cmd_run(args) -> int:
     progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
                            + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
     server.ready()
+    url = server.api_url()
+    watching = signals.watch_server(url) if url else None
     progress.enable()
     try:
         result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh or False)
-    except KeyboardInterrupt:
+    except BaseException as e:  # Ctrl-C, SIGTERM, a lost Prefect server: one line (flows/signals.py)
         progress.disable()
-        return _fail("kdchain: interrupted; run the same command again to resume (finished generations are kept)", 130)
-    except StoreError as e:
-        progress.disable()
-        return _fail(f"kdchain: {e}")
+        ended = signals.line_and_code(e)
+        if ended is not None:
+            server.flush_logs()
+            return _fail(*ended)
+        if isinstance(e, StoreError):
+            return _fail(f"kdchain: {e}")
+        raise
     finally:
+        if watching is not None:
+            watching.set()
         progress.disable()
     rows = [{"name": g.name, "summary": g.summary, **g.metrics, "note": "reused" if g.name in result.reused else ""}
             for g in result.generations]
@@ -327,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
+        return _fail(*signals.line_and_code(e))
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message

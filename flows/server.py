@@ -11,6 +11,10 @@ In order:
    for its health check. `prestart()` does that in a thread while the caller imports torch/MLflow, checks the
    spec and opens the store; `ready()` joins it before the flow runs, and the flow's client then finds the same
    singleton already up.
+
+The temporary server is kdchain's child and ends with it (`own_temporary_server`): it runs in its own session, so a
+terminal's Ctrl-C reaches kdchain alone, which ends its runs and then stops the server (Prefect's atexit); and under
+a parent watch (flows/parentwatch.py), so that a `kill -9` of kdchain leaves no server behind.
 """
 
 import json
@@ -86,6 +90,30 @@ def stop_background() -> bool:
     return True
 
 
+class _OwnedSubprocess:
+    """`subprocess` as seen by prefect.server.api.server: its Popen of the temporary server gets a session of its
+    own and the parent watch; Prefect's command, environment and stop() stay its own."""
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args, **kwargs):
+        if list(args[:2]) == [sys.executable, "-m"]:
+            args = [sys.executable, "-m", "flows.parentwatch", str(os.getpid()), *args[1:]]
+            env = kwargs.get("env") or dict(os.environ)
+            root = str(Path(__file__).resolve().parents[1])  # where `flows` is importable from
+            kwargs["env"] = {**env, "PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)}
+        return subprocess.Popen(args, start_new_session=True, **kwargs)
+
+
+def own_temporary_server() -> None:
+    """Make the temporary server (if Prefect starts one in this process) a child that dies with kdchain."""
+    import prefect.server.api.server as prefect_server
+
+    prefect_server.subprocess = _OwnedSubprocess()
+
+
 def _start() -> None:
     try:
         from prefect.server.api.server import SubprocessASGIServer
@@ -115,12 +143,13 @@ def prestart() -> str:
         return "background"
     if os.environ.get("PREFECT_API_URL"):
         return "configured"
-    if os.environ.get("KDCHAIN_PREFECT_PRESTART") == "0" or _thread is not None:
-        return "temporary"
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():  # set in the active Prefect profile
         return "configured"
+    own_temporary_server()
+    if os.environ.get("KDCHAIN_PREFECT_PRESTART") == "0" or _thread is not None:
+        return "temporary"
     _thread = threading.Thread(target=_start, name="prefect-server-start", daemon=True)
     _thread.start()
     return "temporary"
@@ -134,6 +163,26 @@ def ready() -> None:
         from prefect.server.api.server import SubprocessASGIServer
 
         SubprocessASGIServer().running = False
+
+
+def api_url() -> str | None:
+    """The API URL the flow talks to: the configured or kept server's, else the temporary one's (after ready())."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return get_current_settings().api.url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return server.api_url if server.running else None
+
+
+def flush_logs() -> None:
+    """Send Prefect's queued log records now: at exit the temporary server stops before Prefect's log worker
+    drains (atexit runs in reverse order), which would print "Error logging to API" after our last line."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=3)
 
 
 def temporary_startup_seconds() -> float | None:

@@ -17,7 +17,7 @@ from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoin
 from kdchain.data import batches, load_data
 from kdchain.distill import EpochReport, Teachers, evaluate, fit, pick_device, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.measure.export import export_and_measure
+from kdchain.measure.export import ExportMismatch, export_and_measure, label_onnx
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.models.taps import feature_shapes
@@ -67,6 +67,8 @@ class GenerationOutcome:
     teacher_outputs: str = "none"  # how the teacher's outputs were obtained (engine's teacher-output cache)
     confusion: list[list[int]] = field(default_factory=list)  # (K, K) test counts: row = true, column = predicted
     class_names: list[str] = field(default_factory=list)
+    export_warning: str = ""  # the ONNX export did not match torch (kdchain.measure.export): left out, said why
+    skipped: list[str] = field(default_factory=list)  # files the data source could not read, "path (reason)"
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -149,12 +151,10 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     metrics.update({k: float(v) for k, v in costs.as_dict().items()})
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
-    save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
-    # ONNX beside the checkpoint, checked on the test batch (max |diff| of logits <= 1e-4), timed against torch
-    # eager (whose batch-1 latency the profile has just measured)
-    test_batch = next(batches(data.test, 256, shuffle=False))[0]
-    metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch,
-                                      eager_latency_ms=costs.latency_ms))
+    student.class_names = list(data.class_names)  # travels with the model: checkpoint, MLflow model, ONNX
+    save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes, data.class_names)
+    export_warning = export_checked(student, input_shape, checkpoint.with_suffix(".onnx"),
+                                    next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics)
     t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
@@ -164,7 +164,27 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     outcome.confusion, outcome.class_names = confusion, list(data.class_names)
+    outcome.export_warning = export_warning
+    outcome.skipped = list(data.skipped)
+    outcome.metrics["skipped_files"] = float(len(data.skipped))  # unreadable files the data source left out
     return outcome, student.cpu()
+
+
+def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Tensor, eager_latency_ms: float,
+                   metrics: dict[str, float]) -> str:
+    """ONNX beside the checkpoint, checked against torch on the test batch `check_x` and timed against torch eager
+    (whose batch-1 latency the profile has just measured); adds its metrics to `metrics`. On a real mismatch the
+    ONNX file is removed (nobody should deploy it), its difference still recorded, and the warning returned: the
+    trained generation itself stays good. Returns "" when the export checks out."""
+    try:
+        metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms))
+        if getattr(model, "class_names", None):
+            label_onnx(path, model.class_names)
+        return ""
+    except ExportMismatch as e:
+        Path(path).unlink(missing_ok=True)
+        metrics["onnx_max_abs_diff"] = e.diff
+        return f"{e}; the ONNX file is left out"
 
 
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
@@ -190,7 +210,9 @@ def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: P
     metrics.update({k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()})
     t2 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
-    save_checkpoint(checkpoint, model, gen.arch, data.input_shape, data.num_classes)
+    model.class_names = list(data.class_names)
+    save_checkpoint(checkpoint, model, gen.arch, data.input_shape, data.num_classes, data.class_names)
     outcome = GenerationOutcome(0, gen.name, describe(gen.arch) + f" (from {spec.teacher.from_})", str(checkpoint),
-                                metrics, [], 0, {"fit": 0.0, "evaluate": t1 - t0, "profile": t2 - t1})
+                                metrics, [], 0, {"fit": 0.0, "evaluate": t1 - t0, "profile": t2 - t1},
+                                class_names=list(data.class_names))
     return outcome, model

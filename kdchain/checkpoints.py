@@ -19,13 +19,17 @@ class CheckpointError(Exception):
     pass
 
 
-def save_checkpoint(path: Path, model: nn.Module, arch, input_shape, num_classes: int) -> None:
+def save_checkpoint(path: Path, model: nn.Module, arch, input_shape, num_classes: int,
+                    class_names: list[str] | None = None) -> None:
+    """`class_names`: what each output means, in output order (plain strings: weights_only reads them)."""
     atomic_save({"arch": canonical_json(arch), "input_shape": list(input_shape), "num_classes": num_classes,
+                 "class_names": [str(c) for c in class_names] if class_names else None,
                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
-    """(model in eval mode, its Arch, the raw checkpoint); read with weights_only=True, never unpickling code."""
+    """(model in eval mode, its Arch, the raw checkpoint); read with weights_only=True, never unpickling code.
+    The model's `class_names` attribute names its outputs (None for a checkpoint written before they were kept)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -34,6 +38,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
         arch = ARCH.validate_json(ckpt["arch"])
         model = build_model(arch, ckpt["num_classes"], ckpt["input_shape"][0])
         model.load_state_dict(ckpt["state_dict"])
+        model.class_names = ckpt.get("class_names")
     except Exception as e:  # truncated file, foreign pickle, missing keys, shape mismatch
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
         raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {first})") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdchain.data.images import make_normalise
+from kdchain.data.images import make_normalise, to_rgb
 from kdchain.data.registry import DataBundle, Split, files_fingerprint, register, stratified_split
 from kdchain.spec import ImageFolderData, SpecError
 
@@ -24,15 +24,26 @@ def _classes(folder: Path) -> list[str]:
 
 
 def folder_layout(spec: ImageFolderData) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """(class names, {split or "all": [(file, label)]}): by train/val/test subfolders when root has train/."""
+    """(class names, {split or "all": [(file, label)]}): by train/val/test subfolders when root has train/.
+    A class folder without a single (training) file is not a class: skipped, with one warning."""
     root = Path(spec.root)
     if not root.is_dir():
         raise SpecError([f"data.root: {root} is not a folder; put images in {root}/<class>/<image> "
                          f"or {root}/train/<class>/<image>"])
     by_split = (root / "train").is_dir()
-    classes = _classes(root / "train" if by_split else root)
+    base_root = root / "train" if by_split else root
+    classes = _classes(base_root)
     if not classes:
         raise SpecError([f"data.root: {root} has no class subfolders; put images in {root}/<class>/<image>"])
+    empty = [c for c in classes if not any(f.is_file() and not f.name.startswith(".") for f in (base_root / c).rglob("*"))]
+    if empty:
+        _warn_once(f"kdchain: data.root: skipped {len(empty)} empty class folder(s) under {base_root}: "
+                   + ", ".join(empty))
+        classes = [c for c in classes if c not in empty]
+    if len(classes) < 2:
+        raise SpecError([f"data.root: {base_root} has {len(classes)} class folder(s) with images "
+                         f"({', '.join(classes) or 'none'}); a classifier needs at least 2: put each class's images "
+                         f"in {base_root}/<class>/"])
     files = {}
     for split in (SPLITS if by_split else ("all",)):
         base = root / split if by_split else root
@@ -41,6 +52,16 @@ def folder_layout(spec: ImageFolderData) -> tuple[list[str], dict[str, list[tupl
         files[split] = [(f, label) for label, c in enumerate(classes) if (base / c).is_dir()
                         for f in sorted((base / c).rglob("*")) if f.is_file() and not f.name.startswith(".")]
     return classes, files
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """The layout is read several times a run (shape, load, each generation): say it once."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _folder_shape(spec: ImageFolderData):
@@ -53,18 +74,24 @@ def decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        im = to_rgb(im).resize((size, size), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _why(path: Path, e: Exception) -> str:
+    """"<path> (<error>)" with the whole path once: PIL's messages repeat it, and cutting them cut the name."""
+    first = next((line for line in str(e).splitlines() if line.strip()), "").replace(str(path), path.name)
+    return f"{path} ({type(e).__name__}: {first[:120]})"
 
 
 def _try_decode(path: Path, size: int):
     try:
         return decode(path, size), None
     except Exception as e:  # not an image, truncated, unsupported mode: reported and skipped
-        return None, f"{path} ({type(e).__name__}: {str(e)[:80]})"
+        return None, _why(path, e)
 
 
-def _verify(path: Path):
+def _verify(path: Path) -> str | None:
     from PIL import Image
 
     try:
@@ -72,13 +99,17 @@ def _verify(path: Path):
             im.verify()
         return None
     except Exception as e:
-        return f"{path} ({type(e).__name__}: {str(e)[:80]})"
+        return _why(path, e)
 
 
 def report_skipped(root: str, skipped: list[str]) -> None:
+    """One warning line; the whole list goes to each generation's MLflow run (data/skipped_files.txt)."""
     if skipped:
-        log.warning("kdchain: skipped %d unreadable file(s) under %s: %s%s", len(skipped), root,
-                    "; ".join(skipped[:3]), " ..." if len(skipped) > 3 else "")
+        names = [s.split(" (", 1)[0] for s in skipped]
+        names = [str(Path(n).relative_to(root)) if Path(n).is_relative_to(root) else n for n in names]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        log.warning("kdchain: skipped %d unreadable file(s) under %s (listed in each generation's MLflow run, "
+                    "data/skipped_files.txt): %s%s", len(skipped), root, ", ".join(names[:5]), more)
 
 
 class FolderImages(torch.utils.data.Dataset):
@@ -134,9 +165,16 @@ class StreamSplit:
 def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
     classes, files = folder_layout(spec)
     all_items = [it for items in files.values() for it in items]
-    skipped = [s for s in ThreadPoolExecutor(max(1, spec.workers)).map(_verify, [p for p, _ in all_items]) if s]
-    bad = {s.split(" (")[0] for s in skipped}
-    files = {k: [(p, c) for p, c in v if str(p) not in bad] for k, v in files.items()}
+    verdicts = list(ThreadPoolExecutor(max(1, spec.workers)).map(_verify, [p for p, _ in all_items]))
+    skipped = [v for v in verdicts if v]
+    bad = {p for (p, _), v in zip(all_items, verdicts) if v}
+    files = {k: [(p, c) for p, c in v if p not in bad] for k, v in files.items()}
+    readable = {c for p, c in files.get("train", files.get("all", []))}
+    unreadable = [name for c, name in enumerate(classes) if c not in readable]
+    if unreadable:
+        report_skipped(spec.root, skipped)
+        raise SpecError([f"data.root: class folder(s) {', '.join(unreadable)} under {spec.root} have no readable "
+                         "image (see the warnings above); add images PIL can open or remove the folder"])
 
     # the splits: given by subfolders, or stratified fractions of everything (or of train/ when val/ or test/ lack)
     base = files.get("train", files.get("all", []))

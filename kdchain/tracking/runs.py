@@ -7,6 +7,7 @@ in a worker thread or process logs to the right place.
 
 import contextlib
 import io
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
                                     TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
+
+WARNING = "kdchain.warning"
+CLASS_NAMES = "kdchain.class_names"  # a JSON list, in output order
 
 
 def _pip_requirements() -> list[str]:
@@ -180,17 +184,22 @@ class Tracker(ChainReport):
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
                           checkpoint: str, step: int = 0, tags: dict[str, str] | None = None) -> str:
         """Final metrics, the model (loads back as its class), the checkpoint, `tags`; returns the logged model's URI.
-        Idempotent, for a rerun after a kill before FINISHED: a model the run already logged is not logged again."""
+        Idempotent, for a rerun after a kill before FINISHED: a model the run already logged is not logged again.
+        The model's `class_names` (kdchain.chain sets them) go into the logged model's metadata and the run's tag
+        kdchain.class_names (a JSON list), from which register() copies them to the model version."""
         mlflow.flush_async_logging()
         ts = now_ms()
+        names = getattr(model, "class_names", None)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in (tags or {}).items()], synchronous=True)
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()]
+                              + ([RunTag(CLASS_NAMES, json.dumps(names))] if names else []), synchronous=True)
         logged = [m for m in self.client.search_logged_models([self.experiment_id],
                                                                f"source_run_id = '{run_id}' AND name = 'model'")
                   if str(m.status).endswith("READY")]
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
             model_uri = logged[0].model_uri if logged else mlflow.pytorch.log_model(
                 model, name="model", serialization_format="pickle", pip_requirements=_pip_requirements(),
+                metadata={"class_names": names} if names else None,
                 code_paths=[str(Path(kdchain.__file__).parent)]).model_uri
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
@@ -200,11 +209,20 @@ class Tracker(ChainReport):
         self.client.set_terminated(run_id, status="FINISHED")
         return model_uri
 
-    def fail_run(self, run_id: str, message: str) -> None:
+    def log_skipped(self, run_id: str, skipped: list[str]) -> None:
+        """The files the data source could not read, whole paths and why, one a line: data/skipped_files.txt."""
+        self.client.log_text(run_id, "\n".join(skipped) + "\n", "data/skipped_files.txt")
+
+    def warn(self, run_id: str, message: str) -> None:
+        """A warning about a run that still finishes (e.g. its ONNX export left out), as the tag kdchain.warning."""
+        self.client.set_tag(run_id, WARNING, message[:5000])
+
+    def fail_run(self, run_id: str, message: str, status: str = "FAILED") -> None:
+        """End a run that did not finish: FAILED, or KILLED when interrupted (a rerun resumes it)."""
         with contextlib.suppress(Exception):
             mlflow.flush_async_logging()
             self.client.set_tag(run_id, "kdchain.error", message[:5000])
-            self.client.set_terminated(run_id, status="FAILED")
+            self.client.set_terminated(run_id, status=status)
 
     def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str) -> str:
         """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
@@ -213,8 +231,12 @@ class Tracker(ChainReport):
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
                 return max(existing, key=lambda v: int(v.version)).version
+        tags = {"kdchain.chain_run_id": chain_run_id}
+        names = self.client.get_run(run_id).data.tags.get(CLASS_NAMES)
+        if names:  # what each output means, on the version a deployment loads
+            tags[CLASS_NAMES] = names
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
-            version = mlflow.register_model(model_uri, name, tags={"kdchain.chain_run_id": chain_run_id})
+            version = mlflow.register_model(model_uri, name, tags=tags)
         return version.version
 
     # ------------------------------------------------------------------------------------------ searches
@@ -279,7 +301,8 @@ class Tracker(ChainReport):
                 continue
             rows[index] = {"generation": index, "name": run.data.tags.get(GENERATION_NAME),
                            "run_id": run.info.run_id, "summary": run.data.tags.get("mlflow.note.content", ""),
-                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS}}
+                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS},
+                           "class_names": json.loads(run.data.tags.get(CLASS_NAMES, "null"))}
             if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
                 rows[index]["note"] = run.data.tags[CHOSEN]
             if REUSED_FROM in run.data.tags:  # not trained in this chain run: compare says where it was
