@@ -121,10 +121,6 @@ class Tracker(ChainReport):
         self.client.update_run(run_id, status="RUNNING")
         return True
 
-    def finished_generation(self, parent_id: str, cache_key: str) -> str | None:
-        runs = self._finished_children(parent_id, f" and tags.`{CACHE_KEY}` = '{cache_key}'")
-        return runs[0].info.run_id if runs else None
-
     def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
         if metrics:
             ts = now_ms()
