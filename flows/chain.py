@@ -342,15 +342,19 @@ def _reusable(tracker: Tracker, key: str, chain_run_id: str, name: str):
     digest it was recorded with (a retrain in the same folder replaces it); None when there is none."""
     runs = sorted(finished_with_key(tracker.client, key),
                   key=lambda r: r.data.tags.get("mlflow.parentRunId") != chain_run_id)  # stable: newest first
-    problem = None
+    problem, digests = None, {}  # reused runs share their original's checkpoint: load and hash each file once
     for run in runs:
         path = Path(run.data.tags[CHECKPOINT])
-        try:
-            load_checkpoint(path)
-        except CheckpointError as e:
-            problem = problem or str(e)
+        if path not in digests:
+            try:
+                load_checkpoint(path)
+                digests[path] = file_digest(path)
+            except CheckpointError as e:
+                digests[path] = None
+                problem = problem or str(e)
+        if digests[path] is None:
             continue
-        if file_digest(path) == run.data.tags[CHECKPOINT_DIGEST]:
+        if digests[path] == run.data.tags[CHECKPOINT_DIGEST]:
             return run
         problem = problem or f"checkpoint {path} was replaced since run {run.info.run_id[:8]} recorded it"
     if problem:

@@ -77,8 +77,11 @@ class Tracker(ChainReport):
         location = (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
         try:
             exp_id = self.client.create_experiment(name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-            exp_id = self.client.get_experiment_by_name(name).experiment_id
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process, or the store is read-only
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
         # the MLflow 3 UI then opens the experiment as model training, not GenAI
         self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         return exp_id
@@ -124,10 +127,6 @@ class Tracker(ChainReport):
             return False
         self.client.update_run(run_id, status="RUNNING")
         return True
-
-    def finished_generation(self, parent_id: str, cache_key: str) -> str | None:
-        runs = self._finished_children(parent_id, f" and tags.`{CACHE_KEY}` = '{cache_key}'")
-        return runs[0].info.run_id if runs else None
 
     def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
         if metrics:

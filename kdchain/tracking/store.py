@@ -81,6 +81,8 @@ def prepare_sqlite(db: Path) -> None:
         lock_path = db.parent / ".kdchain-store.lock"
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if db.is_file():  # an existing store must take writes too: SQLite opens a read-only file for reading
+                open(db, "r+b").close()  # and fails only at the first write, after Prefect has started
             MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)  # runs the migrations
     except Exception as e:  # OSError making the folder; SQLite's own errors while migrating
         err = as_store_error(e, f"sqlite:///{db}")
