@@ -186,6 +186,9 @@ def cmd_retrain(args) -> int:
 
     server.prestart()  # the kept server, or a temporary one starting while the spec loads
     spec = _load(args)
+    problems = _machine_problems(spec, args)
+    if problems:
+        return _fail(problems)
     import logging
 
     from flows.retrain import retrain

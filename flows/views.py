@@ -212,14 +212,14 @@ def port_in_use(port: int) -> str | None:
 def cmd_ui(args) -> int:
     from kdchain.tracking import resolve_uri, sqlite_path
 
-    uri = resolve_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        return _fail(f"kdchain ui: no MLflow store at {db}; run `kdchain run CONFIG` first or pass --tracking-uri")
     busy = port_in_use(args.port)
     if busy:  # else MLflow's server would log "address already in use" after our links to someone else's server
         return _fail(f"kdchain ui: port {args.port} on 127.0.0.1 is already in use ({busy}); stop what listens "
                      f"there (another `kdchain ui`?) or pass --port")
+    uri = resolve_uri(args.tracking_uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return _fail(f"kdchain ui: no MLflow store at {db}; run `kdchain run CONFIG` first or pass --tracking-uri")
     base = f"http://127.0.0.1:{args.port}"
     links = deep_links(uri, base, args.experiment)
     print(f"MLflow UI on {base} (store {uri}); Ctrl-C stops it", flush=True)

@@ -69,11 +69,15 @@ def size_problems(gens, models, trained: list[bool], spec, input_shape) -> list[
     kind = device_kind(spec.device)
     memory, images = memory_bytes(kind), train_images(spec.data)
     where = "this GPU" if kind == "cuda" else "this machine"
-    problems = []
+    problems, too_big = [], set()
     for g, model, trains in zip(gens, models, trained):
         params = count_params(model)
         need = params * (TRAIN_BYTES_PER_PARAM if trains else 4)
+        derived = g.index > 0 and hasattr(spec.generations[g.index - 1].student, "derive")
         if memory and need > memory:
+            too_big.add(g.index)
+            if derived and g.index - 1 in too_big:  # said once, where the size is written
+                continue
             problems.append(arch_field(g, f"{params / 1e9:.1f} G parameters need {_gb(need)} of memory "
                                            f"{'to train' if trains else 'for their weights'} but {where} has "
                                            f"{_gb(memory)}; lower its channels (or width)"))

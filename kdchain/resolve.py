@@ -70,6 +70,8 @@ def teacher_indices(gen: "ResolvedGeneration") -> list[int]:
 def arch_field(gen: ResolvedGeneration, line: str) -> str:
     """'model.freeze: ...' from a builder -> 'teacher.model.freeze: ...' or 'generations.1.student.freeze: ...'."""
     field = "teacher.model" if gen.index == 0 else f"generations.{gen.index - 1}.student"
+    if line.startswith("model: "):  # a builder's complaint about the whole model
+        return f"{field}: {line[len('model: '):]}"
     return f"{field}.{line[len('model.'):]}" if line.startswith("model.") else f"{field}: {line}"
 
 
