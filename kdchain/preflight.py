@@ -16,6 +16,7 @@ from kdchain.models import count_params
 
 PEAK_FLOPS = {"cpu": 1e12, "cuda": 1e15}  # FLOP/s no single CPU / GPU exceeds for training these models
 STEP_SECONDS = 1e-4  # the least a training step (forward, backward, optimizer) takes anywhere
+EPOCH_SECONDS = 1e-3  # the least an epoch's validation pass and its MLflow metrics take
 MAX_DAYS = 7.0  # a chain whose lower bound exceeds this is a typo (epochs: 1000000000), not a plan
 TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, gradients and two Adam moments
 DIGITS_IMAGES, CIFAR10_TRAIN_IMAGES = 1797, 50000
@@ -85,7 +86,7 @@ def size_problems(gens, models, trained: list[bool], spec, input_shape) -> list[
         if not trains:
             continue
         steps = math.ceil(images / g.train.batch_size)
-        per_epoch = max(steps * STEP_SECONDS, 3 * meta_flops(model, input_shape) * images / PEAK_FLOPS[kind])
+        per_epoch = EPOCH_SECONDS + max(steps * STEP_SECONDS, 3 * meta_flops(model, input_shape) * images / PEAK_FLOPS[kind])
         days = g.train.epochs * per_epoch / 86400
         if days > MAX_DAYS:
             field = "teacher" if g.index == 0 else f"generations.{g.index - 1}"

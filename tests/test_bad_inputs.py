@@ -169,3 +169,10 @@ def test_a_workdir_failure_is_not_called_a_store_failure_and_oom_hints_fit_the_m
     too_big = str(resource_error(oom, "teacher", train_bytes=1_440_000_000_000, memory=32_000_000_000))
     assert "batch_size" not in too_big and "1440.0 GB of 32.0 GB" in too_big and "channels" in too_big
     assert "lower teacher.train.batch_size" in str(resource_error(oom, "teacher", 10**6, 32 * 10**9))
+
+
+def test_torchs_kernel_reregistration_warning_never_precedes_our_line():
+    code = ("import warnings, flows.cli; warnings.warn('Warning: Overriding a previously registered kernel for the "
+            "same operator and the same dispatch key'); print('ours')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "ours\n", "")
