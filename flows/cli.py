@@ -66,12 +66,13 @@ def _machine_problems(spec, args) -> list[str]:
     writable workdir and MLflow store, a tracking server that answers. Creates nothing."""
     from kdchain.checks import missing_resources
     from kdchain.tracking import resolve_uri, store_problem, tracking_problem
-    from kdchain.writable import unwritable_problem
+    from kdchain.writable import unwritable_reason
 
     problems = missing_resources(spec, str(args.config))
-    workdir = unwritable_problem(spec.workdir, "workdir")
+    workdir = unwritable_reason(spec.workdir)
     if workdir:
-        problems.append(f"{args.config}: {workdir}")
+        problems.append(f"{args.config}: workdir: cannot write {spec.workdir} ({workdir}); make it writable or "
+                        "set `workdir:` to a folder you can write")
     uri = resolve_uri(getattr(args, "tracking_uri", None), spec.tracking.uri)
     store = store_problem(uri) or tracking_problem(uri)
     if store:

@@ -72,11 +72,11 @@ BAD = {  # name: (the config file's bytes or text, what its one line must say)
     "dead server": (lambda t: _set(t, ("tracking", "uri"), f"http://127.0.0.1:{free_port()}"),
                     "did not answer (Connection refused)"),
     "unwritable workdir": (lambda t: _set(t, ("workdir",), "/proc/kdchain-work"),
-                           "workdir /proc/kdchain-work is not writable"),
+                           "workdir: cannot write /proc/kdchain-work (No such file or directory in /proc"),
     "workdir under a file": (lambda t: _set(t, ("workdir",), str(ROOT / "README.md" / "work")),
-                             "README.md is a file, not a folder"),
+                             "README.md is a file, not a folder); make it writable or set `workdir:`"),
     "unwritable store": (lambda t: _set(t, ("tracking", "uri"), "sqlite:////proc/kdchain-store/mlflow.db"),
-                         "tracking.uri: cannot create the MLflow store sqlite:////proc/kdchain-store/mlflow.db"),
+                         "tracking.uri: cannot write the MLflow store sqlite:////proc/kdchain-store/mlflow.db (No such"),
     "misspelt derive field": (lambda t: _set(t, ("generations", 0, "student"), {"derive": {"widht": 0.5}}),
                               "generations.0.student.derive.widht: unknown key"),
     "torchvision teacher on 1-channel digits": (
@@ -127,7 +127,7 @@ def test_validate_says_what_it_checked_and_schema_only_keeps_the_old_check(tmp_p
     code, out, err, _ = _cli(["validate", "--schema-only", str(path)])
     assert (code, out.strip(), err) == (0, "OK", "")
     code, out, err, _ = _cli(["validate", str(path)])
-    assert code == 2 and "workdir /proc/kdchain-work is not writable" in err
+    assert code == 2 and "workdir: cannot write /proc/kdchain-work" in err
     code, out, _, _ = _cli(["validate", str(write_config(tmp_path, tiny_chain(tmp_path), "good.yaml"))])
     assert code == 0 and out.startswith("OK: ") and "workdir and MLflow store writable" in out
     assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()

@@ -63,10 +63,12 @@ def as_store_error(e: BaseException, uri: str) -> StoreError | None:
     if reason is None and isinstance(e, OSError) and e.strerror and e.filename and db is not None \
             and Path(os.path.abspath(e.filename)).is_relative_to(db.absolute().parent):  # not the workdir, not a pipe
         reason = e.strerror
-    if reason is None:
-        return None
-    return StoreError(f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
-                      "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
+    return None if reason is None else StoreError(cannot_write(uri, reason))
+
+
+def cannot_write(uri: str, reason: str) -> str:
+    return (f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
+            "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
 
 
 _SCHEMES_HINT = "sqlite:///path/mlflow.db, http(s)://host:port (an MLflow server), or postgresql/mysql/mssql://..."
@@ -75,19 +77,19 @@ PROBE_SECONDS = 8.0  # the most a reachability check waits for a tracking server
 
 def store_problem(uri: str) -> str | None:
     """Why a local SQLite store could not be written (checked without creating or changing anything), or None."""
-    from kdchain.writable import unwritable_problem
+    from kdchain.writable import unwritable_reason
 
     db = sqlite_path(uri)
     if db is None:
         return None
     if not db.exists():
-        problem = unwritable_problem(db.parent, "the MLflow store's folder")
-        return f"cannot create the MLflow store {uri}: {problem}" if problem else None
+        reason = unwritable_reason(db.parent)
+        return cannot_write(uri, reason) if reason else None
     try:
         with open(db, "r+b"):
             return None
     except OSError as e:
-        return f"cannot write the MLflow store {uri} ({e.strerror}); make {db} writable or point --tracking-uri elsewhere"
+        return cannot_write(uri, e.strerror or str(e))
 
 
 def tracking_problem(uri: str) -> str | None:
