@@ -2,8 +2,10 @@
 
     python bench/fuzz_configs.py [examples]      (default 1000)
 
-Every example must either validate (exit 0, "OK") or be refused (exit 2, one line per problem, no traceback,
-nothing written); a failing example stops the run with hypothesis's minimal reproduction.
+Every example must either validate (exit 0, "OK: ...") or be refused (exit 2, one line per problem, no traceback,
+nothing written); issue 18's kinds (booleans for numbers, zero losses, absurd sizes, bad tracking URIs and
+workdirs, keys given twice, files that are not UTF-8) must always be refused. A failing example stops the run with
+hypothesis's minimal reproduction.
 """
 
 import random
@@ -34,7 +36,7 @@ c: Counter = fuzz.COUNTS
 print(f"{c[('example', 'validated')] + c[('example', 'refused')]} examples: "
       f"{c[('example', 'refused')]} refused (exit 2), {c[('example', 'validated')]} validated (exit 0), "
       "0 tracebacks, 0 other exit codes, store and workdir untouched in all")
-print(f"{'mutation kind':<14} {'tried':>6} {'refused':>8} {'validated':>10} {'n/a':>5}")
+print(f"{'mutation kind':<16} {'tried':>6} {'refused':>8} {'validated':>10} {'n/a':>5}")
 for kind in fuzz.KINDS:
     r, v, n = c[(kind, "refused")], c[(kind, "validated")], c[(kind, "not applicable")]
-    print(f"{kind:<14} {r + v + n:>6} {r:>8} {v:>10} {n:>5}")
+    print(f"{kind:<16} {r + v + n:>6} {r:>8} {v:>10} {n:>5}")

@@ -9,12 +9,20 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # before prefect is imported: quiet its INFO logs (our own progress says what happens) and its analytics
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+# MLflow retries a failed request 7 times with backoff (about 4 minutes) after 120 s timeouts; a tracking server
+# that goes away should end a run within a minute. The user's own values win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# third-party warnings must not precede our one-line messages (torch re-registering a kernel on import)
+warnings.filterwarnings("ignore", message=r".*Overriding a previously registered kernel")
 
 from rich.table import Table  # noqa: E402
 
@@ -46,12 +54,32 @@ def generation_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def _load(args):
-    spec = load_spec(args.config, args.set or [])
+def _load(args, spec=None):
+    spec = spec or load_spec(args.config, args.set or [])
     from kdchain.checks import check_chain
 
     check_chain(spec, source=str(args.config))
     return spec
+
+
+def _machine_problems(spec, args) -> list[str]:
+    """What this machine must offer before training: files on disk (weights, data), CUDA for `device: cuda`, a
+    writable workdir and MLflow store, a tracking server that answers. Creates nothing."""
+    from kdchain.checks import missing_resources
+    from kdchain.tracking import resolve_uri, store_problem, tracking_problem
+    from kdchain.writable import unwritable_reason
+
+    problems = missing_resources(spec, str(args.config))
+    workdir = unwritable_reason(spec.workdir)
+    if workdir:
+        problems.append(f"{args.config}: workdir: cannot write {spec.workdir} ({workdir}); make it writable or "
+                        "set `workdir:` to a folder you can write")
+    uri = resolve_uri(getattr(args, "tracking_uri", None), spec.tracking.uri)
+    store = store_problem(uri) or tracking_problem(uri)
+    if store:
+        from_config = uri == spec.tracking.uri and not getattr(args, "tracking_uri", None)
+        problems.append(f"{args.config}: tracking.uri: {store}" if from_config else f"kdchain: {store}")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -63,8 +91,15 @@ def cmd_validate(args) -> int:
 
         print(json.dumps(ChainSpec.model_json_schema(), indent=2))
         return 0
-    _load(args)
-    print("OK")
+    spec = _load(args)
+    if args.schema_only:
+        print("OK")
+        return 0
+    problems = _machine_problems(spec, args)
+    if problems:
+        return _fail(problems)
+    print("OK: the config, the models' sizes, data and weights on disk, CUDA where asked for, the workdir and "
+          "MLflow store writable, the tracking server answering (everything short of training)")
     return 0
 
 
@@ -98,13 +133,12 @@ def cmd_run(args) -> int:
     from flows import server
 
     signals.install()  # Ctrl-C and SIGTERM: runs ended KILLED, one line, exit 130/143
-    which_server = server.prestart()  # a temporary Prefect server starts while torch, the spec and the store load
-    spec = _load(args)
-    from kdchain.checks import missing_resources
-
-    missing = missing_resources(spec, str(args.config))
-    if missing:  # before Prefect or MLflow start: nothing is trained or written
-        return _fail(missing)
+    spec = load_spec(args.config, args.set or [])  # a bad file or field fails here, before any server starts
+    which_server = server.prestart()  # a temporary Prefect server starts while torch and the checks load
+    spec = _load(args, spec)
+    problems = _machine_problems(spec, args)
+    if problems:  # before Prefect or MLflow start: nothing is trained or written
+        return _fail(problems)
     from flows.chain import fresh_index
 
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
@@ -165,6 +199,9 @@ def cmd_retrain(args) -> int:
 
     server.prestart()  # the kept server, or a temporary one starting while the spec loads
     spec = _load(args)
+    problems = _machine_problems(spec, args)
+    if problems:
+        return _fail(problems)
     import logging
 
     from flows.retrain import retrain
@@ -281,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reusing finished ones")
     p.set_defaults(fn=cmd_run)
 
-    p = config_cmd("validate", "check a config; prints OK or one line per problem")
+    p = config_cmd("validate", "every check short of training (config, sizes, files, workdir, store, tracking "
+                               "server, CUDA); prints OK or one line per problem")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of configs instead")
+    p.add_argument("--schema-only", action="store_true", help="check the config and its models only (no files, "
+                                                               "workdir, store or server)")
     p.set_defaults(fn=cmd_validate)
 
     p = config_cmd("inspect", "per generation, without training: architecture, params, FLOPs, feature maps")
@@ -337,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
         return _fail(*signals.line_and_code(e))
+    except BrokenPipeError:  # `kdchain compare --json | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message

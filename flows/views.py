@@ -196,9 +196,26 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 60.0) -> b
     return False
 
 
+def port_in_use(port: int) -> str | None:
+    """Why 127.0.0.1:port cannot be served on (the OS's words), or None when it is free."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def cmd_ui(args) -> int:
     from kdchain.tracking import resolve_uri, sqlite_path
 
+    busy = port_in_use(args.port)
+    if busy:  # else MLflow's server would log "address already in use" after our links to someone else's server
+        return _fail(f"kdchain ui: port {args.port} on 127.0.0.1 is already in use ({busy}); stop what listens "
+                     f"there (another `kdchain ui`?) or pass --port")
     uri = resolve_uri(args.tracking_uri)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():

@@ -41,10 +41,16 @@ def is_out_of_memory(e: BaseException) -> bool:
                                             or "out of memory" in text)
 
 
-def resource_error(e: BaseException, gen_field: str) -> ResourceError | None:
-    """A ResourceError that says what to change for an OOM or a failed write; None for anything else."""
+def resource_error(e: BaseException, gen_field: str, train_bytes: int | None = None,
+                   memory: int | None = None) -> ResourceError | None:
+    """A ResourceError that says what to change for an OOM or a failed write; None for anything else.
+    `train_bytes`: what the model's weights, gradients and optimizer state take; `memory`: what the device has."""
     if is_out_of_memory(e):
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+        if train_bytes and memory and train_bytes > memory:  # no batch size helps
+            return ResourceError(f"{gen_field} ran out of memory ({first}): its weights, gradients and optimizer "
+                                 f"state alone take {train_bytes / 1e9:.1f} GB of {memory / 1e9:.1f} GB; lower the "
+                                 "model's channels (or width), or train on a device with more memory")
         return ResourceError(f"{gen_field} ran out of memory ({first}); lower {gen_field}.train.batch_size "
                              "or the model's channels, or train on a device with more memory")
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
@@ -98,10 +104,25 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     try:
         return _train_generation(spec, index, teacher_checkpoint, out_dir, on_epoch, extra_teachers)
     except Exception as e:
-        err = resource_error(e, "teacher" if index == 0 else f"generations.{index - 1}")
+        err = resource_error(e, "teacher" if index == 0 else f"generations.{index - 1}", *_training_bytes(spec, index))
         if err is None:
             raise
         raise err from None
+
+
+def _training_bytes(spec: ChainSpec, index: int) -> tuple[int | None, int | None]:
+    """(bytes the model's training state takes, bytes of memory the device has), for an OOM's hint."""
+    from kdchain.data import input_info
+    from kdchain.preflight import TRAIN_BYTES_PER_PARAM, device_kind, memory_bytes
+
+    try:
+        (channels, _, _), num_classes = input_info(spec.data)
+        with torch.device("meta"):
+            model = build_model(resolve_chain(spec)[index].arch, num_classes, channels)
+        params = sum(p.numel() for p in model.parameters())
+        return params * TRAIN_BYTES_PER_PARAM, memory_bytes(device_kind(spec.device))
+    except Exception:  # noqa: BLE001 -- the hint then stays the general one
+        return None, None
 
 
 def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,

@@ -12,6 +12,7 @@ from kdchain.measure.profile import count_flops
 from kdchain.models import build_model, count_params, default_tap, describe
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
 from kdchain.models.torchvision import fitting_state, missing_weights
+from kdchain.preflight import cuda_problem, size_problems
 from kdchain.resolve import ResolvedGeneration, arch_field, resolve_chain
 from kdchain.search import budget_problems
 from kdchain.spec import ChainSpec, FitnetLoss, SpecError
@@ -35,7 +36,13 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     problems = []
     for g in gens[1:]:
         where = f"{source}: generations.{g.index - 1}"
-        if g.teachers == "direct" and spec.generations[g.index - 1].teacher_weights is not None:
+        if not any(t.weight for t in g.distill):
+            problems.append(f"{where}.distill: every term has weight 0, so the student would learn nothing; give "
+                            "at least one term a weight above 0")
+        if g.index == 1 and g.teachers == "ancestors":
+            problems.append(f"{where}.teachers: the first generation has only the teacher before it, so `ancestors` "
+                            "is `direct` here; use `direct` (and no teacher_weights)")
+        elif g.teachers == "direct" and spec.generations[g.index - 1].teacher_weights is not None:
             problems.append(f"{where}.teacher_weights: only used with `teachers: ancestors`; remove it or set that")
         elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
             problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
@@ -54,8 +61,10 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
                     some = ", ".join(tappable_nodes(model)[:6])
                     problems.append(f"{source}: generations.{g.index - 1}.distill.{j}.{side}_node: {node!r} is not "
                                     f"a node of {owner}'s model (e.g. {some}; `kdchain inspect --nodes` lists all)")
-    # a budget no candidate meets stops here, before any training
+    # a budget no candidate meets stops here, before any training; so does a model too big for this machine
     problems += [f"{source}: {line}" for line in budget_problems(spec, gens)]
+    trained = [spec.teacher.from_ is None] + [True] * len(spec.generations)
+    problems += [f"{source}: {line}" for line in size_problems(gens, models, trained, spec, input_shape)]
     if problems:
         raise SpecError(problems)
     return gens
@@ -74,9 +83,9 @@ def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
                 problem = e.lines[0]
         if problem:
             problems.append(f"{source}: {arch_field(g, problem)}")
-    problem = missing_data(spec.data)
-    if problem:
-        problems.append(f"{source}: {problem}")
+    for problem in (missing_data(spec.data), cuda_problem(spec.device)):
+        if problem:
+            problems.append(f"{source}: {problem}")
     return problems
 
 

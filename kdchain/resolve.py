@@ -9,7 +9,7 @@ from pathlib import Path
 from kdchain.checkpoints import read_arch, teacher_source
 from kdchain.data import data_fingerprint
 from kdchain.models import default_tap, resolve_student
-from kdchain.spec import CeLoss, ChainSpec, TrainSpec, canonical_json, spec_hash
+from kdchain.spec import CeLoss, ChainSpec, SpecError, TrainSpec, canonical_json, spec_hash
 
 
 @dataclass
@@ -39,7 +39,11 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train)]
     for i, g in enumerate(spec.generations, start=1):
         teacher_arch = gens[-1].arch
-        arch = resolve_student(g.student, teacher_arch)
+        try:
+            arch = resolve_student(g.student, teacher_arch)
+        except SpecError as e:  # "student.derive: ..." -> "generations.0.student.derive: ..."
+            raise SpecError([f"generations.{i - 1}.{line}" if line.startswith("student") else line
+                             for line in e.lines]) from None
         distill = [
             t.model_copy(update={"teacher_node": t.teacher_node or default_tap(teacher_arch),
                                  "student_node": t.student_node or default_tap(arch)})
@@ -66,6 +70,8 @@ def teacher_indices(gen: "ResolvedGeneration") -> list[int]:
 def arch_field(gen: ResolvedGeneration, line: str) -> str:
     """'model.freeze: ...' from a builder -> 'teacher.model.freeze: ...' or 'generations.1.student.freeze: ...'."""
     field = "teacher.model" if gen.index == 0 else f"generations.{gen.index - 1}.student"
+    if line.startswith("model: "):  # a builder's complaint about the whole model
+        return f"{field}: {line[len('model: '):]}"
     return f"{field}.{line[len('model.'):]}" if line.startswith("model.") else f"{field}: {line}"
 
 

@@ -2,14 +2,16 @@
 
 Each example takes a valid chain (the shipped digits chain, plus a feature loss and per-stage conv counts so that
 every kind of field is present), applies 1-3 mutations (dropped keys, wrong types, out-of-range numbers,
-unknown kinds, unknown keys, non-finite numbers, bad `--set` paths and values) and runs `kdchain validate` and,
-when that refuses, `kdchain run` in-process. Never a traceback, never exit codes other than 0 / 2, the store and
+unknown kinds, unknown keys, non-finite numbers, bad `--set` paths and values; and issue 18's: booleans for numbers,
+an all-zero loss, `ancestors` first, a split that hardly trains, absurd sizes, a bad tracking URI or workdir, a key
+given twice, a file that is not UTF-8) and runs `kdchain validate` and, when that refuses, `kdchain run` in-process. Never a traceback, never exit codes other than 0 / 2, the store and
 workdir untouched. `bench/fuzz_configs.py` runs the same property longer and prints the counts by kind.
 """
 
 import contextlib
 import copy
 import io
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -21,7 +23,11 @@ from hypothesis import strategies as st
 from flows.cli import main
 from tests.conftest import ROOT
 
-KINDS = ["drop_key", "wrong_type", "out_of_range", "non_finite", "unknown_kind", "unknown_key", "bad_set"]
+KINDS = ["drop_key", "wrong_type", "out_of_range", "non_finite", "unknown_kind", "unknown_key", "bad_set",
+         # issue 18: values that parsed but meant nothing, machines that cannot run the chain, files that are no text
+         "bool_number", "zero_loss", "ancestors_first", "small_split", "absurd_size", "bad_tracking", "bad_workdir",
+         "duplicate_key", "encoding"]
+TEXT_KINDS = ("duplicate_key", "encoding")  # applied to the written file, not to the mapping
 COUNTS: Counter = Counter()  # (kind, outcome) and ("example", outcome)
 
 
@@ -68,6 +74,63 @@ BAD_SETS = ["noequals", "=3", "a..b=1", ".seed=1", "generations.Z.train.epochs=3
             "generations.B.student.derive.width=0", "device=tpu", "teacher.model.channels.0.x=1"]
 
 
+ABSURD = [("teacher", "train", "epochs", 10**9), ("teacher", "model", "channels", [100_000, 100_000]),
+          ("generations", 0, "train", "epochs", 10**12)]
+BAD_TRACKING = ["foo://bar", "http://127.0.0.1:1", "sqlite:////proc/kdchain-store/mlflow.db", "mlruns-folder"]
+ENCODINGS = ["binary", "utf-16", "utf-16-le", "latin-1"]
+
+
+def semantic_mutation(draw, kind: str, cfg: dict) -> tuple[str, bool]:
+    """Issue 18's kinds that change the mapping: (description, applied)."""
+    if kind == "bool_number":
+        cands = [p for p in paths(cfg) if type(get(cfg, p)) in (int, float)]
+        if not cands:
+            return "-", False
+        p = draw(st.sampled_from(cands))
+        get(cfg, p[:-1])[p[-1]] = draw(st.booleans())
+        return ".".join(map(str, p)), True
+    gens = cfg.get("generations")
+    if kind in ("zero_loss", "ancestors_first") and not (isinstance(gens, list) and gens and isinstance(gens[0], dict)):
+        return "-", False
+    if kind == "zero_loss":
+        i = draw(st.integers(0, len(gens) - 1))
+        if not isinstance(gens[i], dict):
+            return "-", False
+        gens[i]["distill"] = [{"kind": "kd", "weight": 0}, {"kind": "ce", "weight": 0.0}]
+        return f"generations.{i}.distill", True
+    if kind == "ancestors_first":
+        gens[0]["teachers"] = "ancestors"
+        return "generations.0.teachers", True
+    if kind == "small_split":
+        if not isinstance(cfg.get("data"), dict):
+            return "-", False
+        cfg["data"]["split"] = {"val": draw(st.sampled_from([0.3, 0.45, 0.49])), "test": 0.3}
+        return "data.split", True
+    if kind == "absurd_size":
+        *where, key, value = draw(st.sampled_from(ABSURD))
+        if not exists(cfg, where) or not isinstance(get(cfg, where), dict):
+            return "-", False
+        get(cfg, where)[key] = value
+        return ".".join(map(str, where + [key])), True
+    if kind == "bad_tracking":
+        cfg["tracking"] = {"uri": draw(st.sampled_from(BAD_TRACKING))}
+        return "tracking.uri", True
+    cfg["workdir"] = draw(st.sampled_from(["/proc/kdchain-work", str(ROOT / "README.md" / "work")]))  # bad_workdir
+    return "workdir", True
+
+
+def spoil_text(text: str, cfg: dict, kind: str, how: str) -> bytes:
+    """The written config with a key given twice, or in an encoding that is not UTF-8."""
+    if kind == "duplicate_key":
+        key = next(iter(cfg), None)
+        return (text + (yaml.safe_dump({key: cfg[key]}) if key is not None else "a: 1\na: 2\n")).encode()
+    if how == "binary":
+        return bytes(range(256)) * 8
+    if how == "latin-1":
+        return "# réglage\n".encode("latin-1") + text.encode()
+    return text.encode(how)
+
+
 @st.composite
 def mutations(draw, cfg: dict):
     """(kind, description, applied: bool, extra --set args) for 1-3 mutations drawn against `cfg`, in place."""
@@ -82,6 +145,13 @@ def mutations(draw, cfg: dict):
                                                            st.sampled_from(["1", "x", "[1]", "{}", ""])))
             sets.append(s)
             done.append((kind, s, True))
+            continue
+        if kind in TEXT_KINDS:  # one per example: a file is spoilt once
+            first = not any(k in TEXT_KINDS for k, _, _ in done)
+            done.append((kind, draw(st.sampled_from(ENCODINGS)) if kind == "encoding" else "-", first))
+            continue
+        if kind in KINDS[7:]:
+            done.append((kind, *semantic_mutation(draw, kind, cfg)))
             continue
         if kind == "unknown_key":
             dicts = [()] + [p for p in all_paths if isinstance(get(cfg, p), dict)]
@@ -119,8 +189,13 @@ def mutations(draw, cfg: dict):
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+    saved = os.environ.get("KDCHAIN_PREFECT_PRESTART")
+    os.environ["KDCHAIN_PREFECT_PRESTART"] = "0"  # a refused `run` must not need a Prefect server: start none
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.environ.pop("KDCHAIN_PREFECT_PRESTART") if saved is None else os.environ.update(KDCHAIN_PREFECT_PRESTART=saved)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -131,13 +206,17 @@ def check_one(data) -> str:
         cfg = base_config(tmp)
         done, sets = data.draw(mutations(cfg))
         path = tmp / "chain.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        spoilt = [(kind, how) for kind, how, ok in done if kind in TEXT_KINDS and ok]
+        path.write_bytes(spoil_text(text, cfg, *spoilt[0]) if spoilt else text.encode())
         set_args = [a for s in sets for a in ("--set", s)]
         code, out, err = run_cli(["validate", str(path), *set_args])
         assert code in (0, 2), (code, out, err)
         outcome = "validated" if code == 0 else "refused"
+        # issue 18's kinds are never harmless: each applied one must be refused
+        assert code == 2 or not any(ok and kind in KINDS[7:] for kind, _, ok in done), (done, out)
         if code == 0:
-            assert out.strip() == "OK" and err == ""
+            assert out.startswith("OK: ") and err == "", (out, err)
         else:
             lines = err.strip().splitlines()
             applied = sum(1 for _, _, ok in done if ok)

@@ -111,7 +111,7 @@ def describe_torchvision(arch: TorchvisionArch) -> str:
 def torchvision_model(arch: TorchvisionArch, num_classes: int, in_channels: int) -> nn.Module:
     if in_channels != 3:
         raise SpecError([f"model: torchvision's {arch.name} takes 3-channel images but the data has {in_channels}; "
-                         "use a cnn or resnet student for this data set"])
+                         "use kind: cnn or resnet for this data set"])
     model = _with_head(_raw(arch.name), num_classes)
     apply_freeze(model, arch)
     return model

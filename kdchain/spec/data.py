@@ -2,14 +2,26 @@
 
 from typing import Literal, Annotated, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kdchain.spec.base import Strict
 
+MIN_TRAIN_SHARE = 0.5  # a split that trains on less than half of the data is a typo more often than a plan
+
 
 class SplitFractions(Strict):
+    """val + test may hold out at most half of the data: at least MIN_TRAIN_SHARE of it trains."""
+
     val: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for validation")
     test: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for test")
+
+    @model_validator(mode="after")
+    def _enough_to_train(self):
+        train = 1.0 - self.val - self.test
+        if train < MIN_TRAIN_SHARE - 1e-9:
+            raise ValueError(f"val {self.val:g} + test {self.test:g} leave {train:.0%} of the data for training; "
+                             f"keep at least {MIN_TRAIN_SHARE:.0%} (val + test <= {1 - MIN_TRAIN_SHARE:g})")
+        return self
 
 
 class Augment(Strict):

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kdchain.spec.base import SpecError
+from kdchain.spec.base import Boolean, SpecError
 from kdchain.spec.chain import ChainSpec
 
 
@@ -19,12 +19,14 @@ _UNION_MEMBER = re.compile(r"^(constrained|function|lax|strict|json)-\w+$|^(int|
 
 
 def _format_loc(loc: tuple) -> str:
-    # pydantic puts union tags ("cnn", "function-after[...]") into loc; keep the field path only
+    # pydantic puts union tags ("cnn", "function-after[...]") into loc; keep the field path only. A tag followed by
+    # a field of the same name is the tag of that field (student.derive.derive.width -> student.derive.width)
     parts = []
-    for p in loc:
+    for i, p in enumerate(loc):
         if isinstance(p, int):
             parts.append(str(p))
-        elif isinstance(p, str) and not any(c in p for c in "[]()") and not _UNION_MEMBER.match(p):
+        elif isinstance(p, str) and not any(c in p for c in "[]()") and (
+                not _UNION_MEMBER.match(p) or (i > 0 and loc[i - 1] == p)):
             parts.append(p)
     return ".".join(parts) or "(top level)"
 
@@ -35,8 +37,10 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
     not_type: set[str] = set()
     for e in err.errors():
         path = _format_loc(e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(e.get("input"), Boolean):
+            msg = "expected a number, not a boolean (YAML reads true/false, yes/no and on/off as booleans)"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `kdchain validate --schema` lists the keys)"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -95,12 +99,56 @@ def apply_override(data: dict, assignment: str) -> None:
             raise SpecError([f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section"])
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> ChainSpec:
-    path = Path(path)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML lets the last one win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise SpecError([f"{self.name}: line {line}: key {key!r} is given twice (lines {seen[key]} and "
+                                 f"{line}); keep one"])
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text as UTF-8, or a SpecError saying what the file is instead."""
+    if path.is_dir():
+        raise SpecError([f"{path}: is a directory; give the chain's YAML file (e.g. {path}/chain.yaml)"])
     if not path.is_file():
         raise SpecError([f"{path}: no such config file"])
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read it ({e.strerror})"]) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError([f"{path}: is UTF-16 text; save it as UTF-8"])
+    head = raw[:8192]
+    if head and head.count(0) >= len(head) // 3 and (not head[0::2].strip(b"\0") or not head[1::2].strip(b"\0")):
+        raise SpecError([f"{path}: is UTF-16 text; save it as UTF-8"])  # without a byte-order mark
+    if b"\0" in head:
+        raise SpecError([f"{path}: is a binary file, not a YAML config"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError([f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 (a Latin-1 or Windows "
+                         "character?); save the file as UTF-8"]) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> ChainSpec:
+    path = Path(path)
+    text = read_config_text(path)
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -7,6 +7,8 @@ generation, the teacher included (kdchain.kind=generation, kdchain.generation = 
 
 import fcntl
 import os
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -57,12 +59,87 @@ def as_store_error(e: BaseException, uri: str) -> StoreError | None:
     """A StoreError saying what to change when `e` is the store failing to write; None otherwise."""
     text = str(e)
     reason = next((r for r in _STORE_WRITE_ERRORS if r.lower() in text.lower()), None)
-    if reason is None and isinstance(e, OSError) and e.strerror:
+    db = sqlite_path(uri)
+    if reason is None and isinstance(e, OSError) and e.strerror and e.filename and db is not None \
+            and Path(os.path.abspath(e.filename)).is_relative_to(db.absolute().parent):  # not the workdir, not a pipe
         reason = e.strerror
-    if reason is None:
+    return None if reason is None else StoreError(cannot_write(uri, reason))
+
+
+def cannot_write(uri: str, reason: str) -> str:
+    return (f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
+            "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
+
+
+_SCHEMES_HINT = "sqlite:///path/mlflow.db, http(s)://host:port (an MLflow server), or postgresql/mysql/mssql://..."
+PROBE_SECONDS = 8.0  # the most a reachability check waits for a tracking server or database
+
+
+def store_problem(uri: str) -> str | None:
+    """Why a local SQLite store could not be written (checked without creating or changing anything), or None."""
+    from kdchain.writable import unwritable_reason
+
+    db = sqlite_path(uri)
+    if db is None:
         return None
-    return StoreError(f"cannot write the MLflow store {uri} ({reason}); free space there, make it writable, "
-                      "or point --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI elsewhere")
+    if not db.exists():
+        reason = unwritable_reason(db.parent)
+        return cannot_write(uri, reason) if reason else None
+    try:
+        with open(db, "r+b"):
+            return None
+    except OSError as e:
+        return cannot_write(uri, e.strerror or str(e))
+
+
+def tracking_problem(uri: str) -> str | None:
+    """Why MLflow could not use a tracking URI (an unknown scheme, a server or database that does not answer within
+    PROBE_SECONDS, one that answers but is no MLflow), or None. A local SQLite file is store_problem's job."""
+    if sqlite_path(uri) is not None:
+        return None
+    outcome: list = []
+
+    def probe():
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 -- every failure becomes the sentence below
+            outcome.append(e)
+
+    bounded = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(PROBE_SECONDS) - 2)}
+    saved = {k: os.environ.get(k) for k in bounded}
+    os.environ.update(bounded)
+    try:
+        thread = threading.Thread(target=probe, name="tracking-probe", daemon=True)
+        thread.start()
+        thread.join(PROBE_SECONDS)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    if not outcome:
+        return f"tracking URI {uri}: no answer within {PROBE_SECONDS:.0f} s; check the address and that the server runs"
+    return None if outcome[0] is None else _describe_failure(uri, outcome[0])
+
+
+def _describe_failure(uri: str, e: Exception) -> str:
+    text = str(e)
+    fix = "fix --tracking-uri / tracking.uri / MLFLOW_TRACKING_URI"
+    if "unsupported URI" in text or "Could not find a registered" in text:
+        scheme = uri.split(":", 1)[0] if ":" in uri else uri
+        return f"tracking URI {uri}: MLflow knows no scheme {scheme!r}; use {_SCHEMES_HINT}"
+    if "filesystem tracking backend" in text:
+        return f"tracking URI {uri}: a folder of files, which MLflow 3 no longer writes; use {_SCHEMES_HINT}"
+    if isinstance(e, ImportError):
+        return f"tracking URI {uri} needs the Python package {e.name!r}: pip install it, or {fix}"
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno_text:
+        return f"tracking server {uri} did not answer ({errno_text.group(1).strip()}); start it or {fix}"
+    status = re.search(r"error code (\d+)", text)
+    if status:
+        return (f"tracking server {uri} answered HTTP {status.group(1)} to an MLflow API call: is it an MLflow "
+                f"tracking server (and are MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN set)? Otherwise {fix}")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)[:200]
+    return f"tracking URI {uri}: MLflow cannot use it ({first}); {fix}"
 
 
 def chunks(items: list, n: int):

@@ -1,0 +1,102 @@
+"""What a chain asks of this machine, checked before anything trains: time and memory from the models' sizes, CUDA
+when `device: cuda` (a writable workdir: kdchain.writable). Each problem is one line naming the field to change, with the figure.
+
+The time check is a lower bound at optimistic rates (PEAK_FLOPS, STEP_SECONDS): a chain it refuses would run for
+days on any hardware of that kind, so a legitimate long run is never refused by it.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdchain.models import count_params
+
+PEAK_FLOPS = {"cpu": 1e12, "cuda": 1e15}  # FLOP/s no single CPU / GPU exceeds for training these models
+STEP_SECONDS = 1e-4  # the least a training step (forward, backward, optimizer) takes anywhere
+EPOCH_SECONDS = 1e-3  # the least an epoch's validation pass and its MLflow metrics take
+MAX_DAYS = 7.0  # a chain whose lower bound exceeds this is a typo (epochs: 1000000000), not a plan
+TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, gradients and two Adam moments
+DIGITS_IMAGES, CIFAR10_TRAIN_IMAGES = 1797, 50000
+
+
+def device_kind(device: str) -> str:
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def memory_bytes(kind: str) -> int | None:
+    """Physical memory of this machine (cpu) or of the first GPU (cuda); None when unknown."""
+    if kind == "cuda":
+        return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def train_images(data) -> int:
+    """About how many images one epoch trains on (no image is decoded)."""
+    if data.kind == "digits":
+        return int(DIGITS_IMAGES * (1 - data.split.val - data.split.test))
+    if data.kind == "cifar10":
+        return int(CIFAR10_TRAIN_IMAGES * (1 - data.val))
+    if data.kind == "marks":
+        return data.train_size
+    root = Path(data.root)
+    split = root / "train" if (root / "train").is_dir() else root
+    files = sum(len(names) for _, _, names in os.walk(split)) if split.is_dir() else 0
+    return files if split != root else int(files * (1 - data.split.val - data.split.test))
+
+
+def meta_flops(model: torch.nn.Module, input_shape: tuple) -> int:
+    """FLOPs of one forward of one image, counted on the meta device (no memory, no compute)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, *input_shape, device="meta"))
+    return int(counter.get_total_flops())
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
+
+
+def size_problems(gens, models, trained: list[bool], spec, input_shape) -> list[str]:
+    """Lines for generations whose training would outgrow this machine's memory or run for days; `models` are
+    built on the meta device, `trained[i]` is False for a teacher loaded with `from`."""
+    from kdchain.resolve import arch_field
+
+    kind = device_kind(spec.device)
+    memory, images = memory_bytes(kind), train_images(spec.data)
+    where = "this GPU" if kind == "cuda" else "this machine"
+    problems, too_big = [], set()
+    for g, model, trains in zip(gens, models, trained):
+        params = count_params(model)
+        need = params * (TRAIN_BYTES_PER_PARAM if trains else 4)
+        derived = g.index > 0 and hasattr(spec.generations[g.index - 1].student, "derive")
+        if memory and need > memory:
+            too_big.add(g.index)
+            if derived and g.index - 1 in too_big:  # said once, where the size is written
+                continue
+            problems.append(arch_field(g, f"{params / 1e9:.1f} G parameters need {_gb(need)} of memory "
+                                           f"{'to train' if trains else 'for their weights'} but {where} has "
+                                           f"{_gb(memory)}; lower its channels (or width)"))
+            continue
+        if not trains:
+            continue
+        steps = math.ceil(images / g.train.batch_size)
+        per_epoch = EPOCH_SECONDS + max(steps * STEP_SECONDS, 3 * meta_flops(model, input_shape) * images / PEAK_FLOPS[kind])
+        days = g.train.epochs * per_epoch / 86400
+        if days > MAX_DAYS:
+            field = "teacher" if g.index == 0 else f"generations.{g.index - 1}"
+            problems.append(f"{field}.train.epochs: {g.train.epochs:,} epochs of {images:,} images would take at "
+                            f"least {days:,.0f} days on {kind} (over {MAX_DAYS:g} days); lower epochs")
+    return problems
+
+
+def cuda_problem(device: str) -> str | None:
+    if device == "cuda" and not torch.cuda.is_available():
+        return ("device: cuda, but torch finds no CUDA device here (torch " + torch.__version__ + "); set "
+                "`device: auto` or `cpu`, or run on a machine with an NVIDIA GPU and driver")
+    return None
