@@ -22,6 +22,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flows import progress, signals
@@ -70,7 +71,7 @@ def generation_dir(spec: ChainSpec, gen: ResolvedGeneration, key: str) -> Path:
     return Path(spec.workdir) / spec.name / f"{gen.index}-{gen.name}-{key[:12]}"
 
 
-@task(name="generation", task_run_name="{gen_name}")
+@task(name="generation", task_run_name="{gen_name}", cache_policy=NO_CACHE)  # reuse is decided by _reusable
 def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: GenerationResult | None,
                        teacher_accuracy: float | None, cache_key: str, out_dir: str, parent_run_id: str,
                        tracking_uri: str, extra_teachers: list[str] = [], fresh: bool = False) -> GenerationResult:
@@ -137,7 +138,7 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
                             metrics=metrics, seconds={**outcome.seconds, "tracking": t_track})
 
 
-@task(name="generation (reused)", task_run_name="{gen_name} (reused)")
+@task(name="generation (reused)", task_run_name="{gen_name} (reused)", cache_policy=NO_CACHE)
 def reuse_generation(gen_name: str, index: int, original_run_id: str, chain_name: str, experiment: str,
                      tracking_uri: str, parent_run_id: str, teacher_run_id: str | None) -> GenerationResult:
     """Record a generation finished in another chain run as this chain run's: a FINISHED run with
@@ -147,13 +148,13 @@ def reuse_generation(gen_name: str, index: int, original_run_id: str, chain_name
     run_id = original_run_id
     if original.data.tags.get("mlflow.parentRunId") != parent_run_id:
         run_id = record_reuse(tracker.client, tracker.experiment_id, original, parent_run_id,
-                              f"{chain_name} · {gen_name}", teacher_run_id)
+                              f"{chain_name} · {gen_name} (reused)", teacher_run_id)
     return _result_of(tracker.client.get_run(run_id), index, gen_name)
 
 
 def _result_of(run, index: int, name: str) -> GenerationResult:
     tags = run.data.tags
-    return GenerationResult(index=index, name=name, summary=tags.get("mlflow.note.content", "").split(" (reused:")[0],
+    return GenerationResult(index=index, name=name, summary=tags.get("mlflow.note.content", ""),
                             run_id=run.info.run_id, checkpoint=tags[CHECKPOINT],
                             checkpoint_digest=tags[CHECKPOINT_DIGEST], model_uri=tags[MODEL_URI],
                             metrics=final_metrics(run), reused_from=tags.get(REUSED_FROM, run.info.run_id))
@@ -250,8 +251,8 @@ def fresh_index(spec: ChainSpec, fresh: bool | str) -> int | None:
 
 
 def _say(logger, text: str) -> None:
-    progress.note(text)
-    logger.warning(text)
+    progress.note(text)  # the terminal of `kdchain run`
+    logger.info(text)  # the flow run's log in the Prefect UI
 
 
 def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_from: int | None, locks: Path,

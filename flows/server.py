@@ -17,6 +17,8 @@ terminal's Ctrl-C reaches kdchain alone, which ends its runs and then stops the 
 a parent watch (flows/parentwatch.py), so that a `kill -9` of kdchain leaves no server behind.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -114,13 +116,33 @@ def own_temporary_server() -> None:
     prefect_server.subprocess = _OwnedSubprocess()
 
 
+@contextlib.contextmanager
+def _migrating_once():
+    """Two runs starting temporary servers on a fresh PREFECT_HOME would both migrate its database at once (the
+    loser prints a 200-line traceback, then recovers). The first start per Prefect version holds a file lock
+    until its server answers, i.e. has migrated; a marker then lets later starts skip the lock."""
+    import prefect
+
+    home = prefect_home()
+    marker = home / "kdchain-migrated"
+    if marker.is_file() and marker.read_text() == prefect.__version__:
+        yield
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "kdchain-migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+        marker.write_text(prefect.__version__)
+
+
 def _start() -> None:
     try:
         from prefect.server.api.server import SubprocessASGIServer
 
         t0 = time.perf_counter()
-        # Prefect counts only its own 0.1 s sleeps toward the timeout; on a busy shared box the default is too short
-        SubprocessASGIServer().start(timeout=STARTUP_TIMEOUT_S)
+        with _migrating_once():
+            # Prefect counts only its own 0.1 s sleeps toward the timeout; on a busy shared box the default is short
+            SubprocessASGIServer().start(timeout=STARTUP_TIMEOUT_S)
         _started_in.append(time.perf_counter() - t0)
     except BaseException as e:  # reported by ready(); the flow would then start the server itself
         _error.append(e)

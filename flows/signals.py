@@ -66,7 +66,9 @@ def _on_signal(signum, frame):
 
 
 def install() -> None:
-    """Ctrl-C and SIGTERM end the run as described above (call from the main thread)."""
+    """Ctrl-C and SIGTERM end the run as described above (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
 

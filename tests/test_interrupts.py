@@ -162,3 +162,17 @@ def test_a_lost_prefect_server_ends_the_run_in_30_s_with_one_line(tmp_path, temp
     assert "Traceback" not in out + err
     statuses = {r.info.status for r in runs_of(store(cfg), "lost")}
     assert "RUNNING" not in statuses and statuses == {"KILLED"}, statuses
+
+
+def test_two_runs_on_a_fresh_prefect_home_migrate_it_once(tmp_path, temp_server_env):
+    env = {**temp_server_env, "PREFECT_HOME": str(tmp_path / "fresh-prefect-home")}
+    procs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        cfg = tiny_chain(tmp_path / name, name=name)
+        cfg["generations"] = cfg["generations"][:1]
+        procs.append(start(write_config(tmp_path / name, cfg), env))
+    for proc in procs:
+        code, out, err = finish(proc, timeout=300)
+        assert code == 0, out + err
+        assert "Traceback" not in out + err and "Error" not in err, err

@@ -58,13 +58,13 @@ def missing_at_step(client: MlflowClient, run_id: str, metrics: dict[str, float]
 def record_reuse(client: MlflowClient, experiment_id: str, original, parent_id: str, run_name: str,
                  teacher_run_id: str | None) -> str:
     """A FINISHED generation run under `parent_id` that records `original` as reused: its tags, params, every step
-    of every metric, and `kdchain.reused_from` = the run that trained it. Nothing is trained or copied on disk."""
+    of every metric, and `kdchain.reused_from` = the run that trained it. Nothing is trained or copied on disk.
+    `run_name` should say it was reused (the MLflow UI lists runs by name)."""
     source = original.data.tags.get(REUSED_FROM, original.info.run_id)
     tags = {k: v for k, v in original.data.tags.items()
             if k.startswith("kdchain.") and k not in (TEACHER_RUN, SUPERSEDED, "kdchain.error")}
-    note = original.data.tags.get("mlflow.note.content", "")
     tags.update({PARENT: parent_id, REUSED_FROM: source,
-                 "mlflow.note.content": f"{note} (reused: trained in run {source}, not trained again)"})
+                 "mlflow.note.content": original.data.tags.get("mlflow.note.content", "")})
     if teacher_run_id:
         tags[TEACHER_RUN] = teacher_run_id
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
