@@ -99,6 +99,7 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         raise
     progress.stop(gen.name)
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
+    tracker.tag_run(run_id, outcome.tags)
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()

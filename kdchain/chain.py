@@ -18,6 +18,7 @@ from kdchain.data import batches, load_data
 from kdchain.distill import EpochReport, Teachers, evaluate, fit, pick_device, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.measure.export import export_and_measure
+from kdchain.measure.quantize import Int8Result, int8_generation
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.models.taps import feature_shapes
@@ -67,6 +68,7 @@ class GenerationOutcome:
     teacher_outputs: str = "none"  # how the teacher's outputs were obtained (engine's teacher-output cache)
     confusion: list[list[int]] = field(default_factory=list)  # (K, K) test counts: row = true, column = predicted
     class_names: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags: int8 operators left in float, a drop flag
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -155,6 +157,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     test_batch = next(batches(data.test, 256, shuffle=False))[0]
     metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch,
                                       eager_latency_ms=costs.latency_ms))
+    int8 = quantize_generation(spec, gen, data, checkpoint.with_suffix(".onnx"), metrics["test_accuracy"])
     t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
@@ -163,7 +166,33 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     outcome.confusion, outcome.class_names = confusion, list(data.class_names)
+    if int8 is not None:
+        metrics.update(int8.metrics)
+        outcome.tags = int8_tags(int8, gen.deploy.max_drop)
     return outcome, student.cpu()
+
+
+def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_path: Path,
+                        fp32_accuracy: float) -> Int8Result | None:
+    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without."""
+    deploy = gen.deploy
+    if not deploy.quantized:
+        return None
+    calibration = None
+    if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
+        sample = torch.Generator().manual_seed(spec.seed)
+        calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
+    test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
+    return int8_generation(onnx_path, deploy.quantize, calibration, test, data.input_shape, fp32_accuracy,
+                           deploy.max_drop)
+
+
+def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
+    tags = {"kdchain.int8.float_ops": int8.float_ops_text()}
+    if int8.flagged:
+        tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
+                                     f"fp32 (max_drop {max_drop:g})")
+    return tags
 
 
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:

@@ -7,6 +7,7 @@ base (SpecError, hashing), models (architectures), distill (loss terms), train, 
 
 from kdchain.spec.base import SpecError, Strict, canonical_json, flatten, spec_hash
 from kdchain.spec.chain import ChainSpec, GenerationSpec, TeacherSpec
+from kdchain.spec.deploy import DeploySpec
 from kdchain.spec.data import (Augment, Cifar10Data, DataSpec, DigitsData, ImageFolderData, MarksData,
                                SplitFractions)
 from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, Loss, RkdLoss
@@ -20,7 +21,7 @@ from kdchain.spec.train import TrainSpec
 
 __all__ = [
     "SpecError", "Strict", "canonical_json", "flatten", "spec_hash", "ChainSpec", "GenerationSpec", "TeacherSpec",
-    "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
+    "DeploySpec", "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
     "AtLoss", "CeLoss", "DkdLoss", "FeatureLoss", "FitnetLoss", "KdLoss", "Loss", "RkdLoss",
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
     "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TorchvisionArch", "is_checkpoint_path",

@@ -5,7 +5,7 @@ Mixed into Tracker, whose client and run layout it reads."""
 import contextlib
 
 from kdchain.measure import plots
-from kdchain.tracking.store import DEFAULT_UI, FINAL_KEYS
+from kdchain.tracking.store import DEFAULT_UI, TABLE_KEYS
 
 PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
                                           "plots/val_accuracy_per_epoch.png")
@@ -37,7 +37,7 @@ class ChainReport:
                                                                        f"{chain_name}: validation accuracy per epoch"),
                                PLOT_EPOCHS)
         table = [{"generation": r["name"], "architecture": r["summary"],
-                  **{k: r[k] for k in FINAL_KEYS if r.get(k) is not None},
+                  **{k: r[k] for k in TABLE_KEYS if r.get(k) is not None},
                   "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
         # log_table appends to an existing file: a re-run of the same chain run replaces it instead
         with contextlib.suppress(Exception):
@@ -48,8 +48,8 @@ class ChainReport:
         if table:
             self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
         md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
-               **{k: f"{t[k]:.4g}" for k in FINAL_KEYS if k in t}} for t in table]
+               **{k: f"{t[k]:.4g}" for k in TABLE_KEYS if k in t}} for t in table]
         self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
             md, [("generation", "generation"), ("architecture", "architecture")] +
-            [(k, k) for k in FINAL_KEYS]), TABLE_MD)
+            [(k, k) for k in TABLE_KEYS if any(k in t for t in table)]), TABLE_MD)
         return rows
