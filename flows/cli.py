@@ -1,4 +1,4 @@
-"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, ui.
+"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, export, ui.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
@@ -111,9 +111,9 @@ def cmd_run(args) -> int:
 
     which_server = server.prestart()  # a temporary Prefect server starts while torch, the spec and the store load
     spec = _load(args)
-    from kdchain.checks import missing_resources
+    from kdchain.checks import deploy_problems, missing_resources
 
-    missing = missing_resources(spec, str(args.config))
+    missing = missing_resources(spec, str(args.config)) or deploy_problems(spec, str(args.config))
     if missing:  # before Prefect or MLflow start: nothing is trained or written
         return _fail(missing)
     import logging
@@ -295,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the generation table of the latest (or one, or every) chain run, from MLflow")
     add_compare_args(p)
     p.set_defaults(fn=cmd_compare)
+
+    from flows.export import add_export_args, cmd_export
+
+    p = sub.add_parser("export", help="a chain run's generations as fp32 and int8 ONNX files with manifest.json")
+    add_export_args(p)
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)
