@@ -5,8 +5,9 @@ kdchain.tracking records what it returns. Nothing here imports prefect or mlflow
 """
 
 import errno
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,13 +18,13 @@ from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoin
 from kdchain.data import batches, load_data
 from kdchain.distill import EpochReport, Teachers, evaluate, fit, pick_device, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.measure.export import export_and_measure
+from kdchain.measure.export import export_and_measure, export_onnx
 from kdchain.measure.quantize import Int8Result, int8_generation
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.models.taps import feature_shapes
 from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
-from kdchain.spec import ChainSpec, FeatureLoss, FitnetLoss
+from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss
 
 
 class ResourceError(Exception):
@@ -197,13 +198,30 @@ def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
 
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
     """test_accuracy on the data's current test split, plus params/flops/latency_ms/size_bytes: the numbers a
-    promotion compares. Two models scored by this in the same process are scored on the same split."""
+    promotion compares; and the int8 model's when the promotion rule reads them. Two models scored by this in the
+    same process are scored on the same split."""
     model = load_compatible(spec, path)
     data = load_data(spec.data, spec.seed)
     with torch.inference_mode():
         accuracy = evaluate(model, data.test)
-    return {"test_accuracy": accuracy,
-            **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
+    scores = {"test_accuracy": accuracy,
+              **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
+    if spec.promotion.needs_int8:
+        scores.update(int8_scores(spec, model, data, accuracy))
+    return scores
+
+
+def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:
+    """The int8 ONNX model a chain ships from `model`, quantized as its last generation's `deploy` says (static
+    when that says none), scored on the test split and timed."""
+    gen = resolve_chain(spec)[-1]
+    if not gen.deploy.quantized:
+        gen = replace(gen, deploy=DeploySpec(quantize="static"))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        result = quantize_generation(spec, gen, data, onnx, fp32_accuracy)
+    return {k: result.metrics[k] for k in ("test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8",
+                                           "size_bytes_int8")}
 
 
 def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: Path) -> tuple[GenerationOutcome, nn.Module]:

@@ -13,9 +13,10 @@ from flows.cli import main
 from kdchain.data import batches, load_data
 from kdchain.measure.export import export_onnx
 from kdchain.measure.quantize import Int8Result, float_ops, quantize_onnx
-from kdchain.chain import int8_tags
+from kdchain.chain import int8_tags, score_checkpoint
+from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, decide
 from kdchain.models import build_model
-from kdchain.spec import CnnArch, load_spec
+from kdchain.spec import CnnArch, PromotionSpec, load_spec
 from kdchain.tracking import INT8_KEYS
 from tests.conftest import tiny_chain, write_config
 
@@ -83,6 +84,25 @@ def test_export_bundle_reproduces_the_manifest_with_onnxruntime(static_chain, ca
     # a second export never writes into a folder that holds something
     assert main(["export", chain_run, "--out", str(out), "--tracking-uri", spec.tracking.uri]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_promotion_can_compare_the_shipped_int8_model(static_chain):
+    tmp, spec, client, gens, chain_run = static_chain
+    rule = PromotionSpec(metric="test_accuracy_int8", min_gain=0.01, max_size_bytes_int8=5_000)
+    scores = lambda fp32, int8, size: {"test_accuracy": fp32, "latency_ms": 1.0, "size_bytes": 1,  # noqa: E731
+                                       "test_accuracy_int8": int8, "latency_ms_int8": 0.5, "size_bytes_int8": size}
+    champion = Candidate("1", "r1", scores(0.90, 0.90, 4_000))
+    # better in fp32 but not as shipped: not promoted; better as shipped: promoted; over the int8 size budget: not
+    assert decide(Candidate("2", "r2", scores(0.95, 0.905, 4_000)), champion, rule).outcome == CHALLENGER
+    assert decide(Candidate("2", "r2", scores(0.90, 0.95, 4_000)), champion, rule).outcome == PROMOTED
+    over = decide(Candidate("2", "r2", scores(0.90, 0.95, 6_000)), champion, rule)
+    assert over.outcome == CHALLENGER and "int8 size 6,000 B exceeds" in over.reason
+    # scoring a checkpoint for such a rule quantizes it as the chain did: the same int8 accuracy as its run
+    c_dir = next(Path(spec.workdir, spec.name).glob("3-C-*"))
+    ruled = spec.model_copy(update={"promotion": rule})
+    scored = score_checkpoint(ruled, c_dir / "model.pt")
+    assert scored["test_accuracy_int8"] == pytest.approx(gens[-1].data.metrics["test_accuracy_int8"])
+    assert scored["size_bytes_int8"] == gens[-1].data.metrics["size_bytes_int8"]
 
 
 def test_dynamic_keeps_convs_in_float_and_says_so(tmp_path):
