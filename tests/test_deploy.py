@@ -58,6 +58,8 @@ def test_static_int8_is_measured_for_every_generation(static_chain, capsys):
     assert c["test_accuracy"] > 0.5 and abs(c["test_accuracy_int8"] - c["test_accuracy"]) <= 0.01
     # the largest model shows the int8 ratio; C (2.6k params) is dominated by the file's fixed overhead
     assert teacher["size_bytes_int8"] <= teacher["size_bytes_onnx"] / 3
+    plots = [Path(a.path).name for a in client.list_artifacts(chain_run, "plots")]
+    assert "accuracy_vs_size_fp32_int8.png" in plots  # the MLflow picture of int8 beside fp32
     assert main(["compare", "--tracking-uri", spec.tracking.uri, "--run", chain_run]) == 0
     out = capsys.readouterr().out
     assert "int8 acc" in out and "int8 size" in out

@@ -24,7 +24,8 @@ __all__ = [
     "DeploySpec", "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
     "AtLoss", "CeLoss", "DkdLoss", "FeatureLoss", "FitnetLoss", "KdLoss", "Loss", "RkdLoss",
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
-    "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
+    "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TimmArch", "TorchvisionArch",
+    "is_checkpoint_path",
     "BestAccuracy", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace", "SearchSpec",
     "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]

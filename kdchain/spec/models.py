@@ -120,8 +120,9 @@ class TimmArch(Strict):
 
     kind: Literal["timm"] = "timm"
     name: str = Field(description="timm model name, e.g. resnet18, convnext_atto, efficientnet_b0 (timm.list_models())")
-    weights: str | None = Field(None, description="pretrained weights: a local .safetensors/.pth file, or `pretrained` "
-                                                  "for timm's own download cache (Hugging Face hub cache); none = random")
+    weights: str | None = Field(None, description="pretrained weights: a local .safetensors/.pth file, or "
+                                                  "`pretrained` for timm's own download cache (Hugging Face hub "
+                                                  "cache); none = random")
     freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed")
     model_args: dict[str, int | float | bool | str | list[int] | list[float]] = Field(
         default_factory=dict, description="keyword arguments of the model's constructor, e.g. "

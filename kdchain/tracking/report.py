@@ -10,6 +10,7 @@ from kdchain.tracking.store import DEFAULT_UI, TABLE_KEYS
 PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
                                           "plots/val_accuracy_per_epoch.png")
 PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
+PLOT_INT8 = "plots/accuracy_vs_size_fp32_int8.png"
 
 
 class ChainReport:
@@ -36,6 +37,9 @@ class ChainReport:
         self.client.log_figure(chain_run_id, plots.val_accuracy_curves(self.val_histories(rows),
                                                                        f"{chain_name}: validation accuracy per epoch"),
                                PLOT_EPOCHS)
+        if any(r.get("size_bytes_int8") for r in rows):  # deploy.quantize: int8 beside fp32
+            self.client.log_figure(chain_run_id, plots.fp32_vs_int8(rows, f"{chain_name}: fp32 and int8 ONNX"),
+                                   PLOT_INT8)
         table = [{"generation": r["name"], "architecture": r["summary"],
                   **{k: r[k] for k in TABLE_KEYS if r.get(k) is not None},
                   "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]

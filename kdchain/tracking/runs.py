@@ -21,7 +21,8 @@ from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TABLE_KEYS,
-                                    TEACHER_RUN, TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
+                                    TEACHER_RUN, TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path,
+                                    store_exists)
 
 
 def _pip_requirements() -> list[str]:
