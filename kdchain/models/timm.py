@@ -5,12 +5,12 @@ cheap): a local .safetensors/.pth file, or `pretrained` for timm's own cache (th
 timm downloads to; nothing is downloaded here). timm's `load_pretrained` does the fitting: the ImageNet head is
 dropped for another class count and the first conv is adapted to the data's channels. `model_args` go to the
 model's constructor, which is how `derive` scales a timm ResNet (channels, layers) or ConvNeXt (dims, depths).
+timm itself is imported when a timm model is first built: a chain without one never pays for importing it.
 """
 
 from functools import lru_cache
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -23,6 +23,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_mod
 
 
 def _create(arch: TimmArch, num_classes: int, in_channels: int) -> nn.Module:
+    import timm
+
     try:
         return timm.create_model(arch.name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
                                  **arch.model_args)
@@ -110,6 +112,8 @@ def load_weights(model: nn.Module, arch: TimmArch) -> None:
     problem = missing_weights(arch)
     if problem:
         raise SpecError([problem])
+    import timm
+
     path = weights_file(arch)
     cfg = {**model.pretrained_cfg, "file": str(path)}
     first_conv = model.get_submodule(cfg["first_conv"]) if cfg.get("first_conv") else None
