@@ -120,6 +120,7 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
     if outcome.export_warning:  # the generation is kept; its run says why it has no ONNX file
         tracker.warn(run_id, outcome.export_warning)
         progress.note(f"{gen.name}: warning: {outcome.export_warning}")
+    tracker.tag_run(run_id, outcome.tags)
     metrics = dict(outcome.metrics)
     metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, ui.
+"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, export, ui.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
@@ -43,15 +43,28 @@ def _fail(lines: list[str] | str, code: int = EXIT_USAGE) -> int:
 def generation_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     notes = any(r.get("note") for r in rows)
+    int8 = any(r.get("test_accuracy_int8") is not None for r in rows)
     for col in ("gen", "architecture", "params", "FLOPs", "latency ms", "size", "test acc", "retention",
-                "agreement") + (("",) if notes else ()):
+                "agreement") + (INT8_HEADERS if int8 else ()) + (("",) if notes else ()):
         table.add_column(col, justify="left" if col in ("gen", "architecture", "") else "right")
     for r in rows:
         cells = [r["name"], r.get("summary", ""), _fmt_int(r["params"]), _fmt_int(r["flops"]),
                  f"{r['latency_ms']:.3f}", _fmt_int(r["size_bytes"]) + "B", f"{r['test_accuracy']:.2%}",
                  f"{r['retention']:.3f}", f"{r['teacher_agreement']:.2%}"]
-        table.add_row(*cells, *([r.get("note", "")] if notes else []))
+        table.add_row(*cells, *(_int8_cells(r) if int8 else ()), *([r.get("note", "")] if notes else []))
     return table
+
+
+INT8_HEADERS = ("onnx size", "int8 size", "int8 acc", "int8 ms", "int8 b64 ips")
+
+
+def _int8_cells(r: dict) -> list[str]:
+    """fp32 ONNX size and the int8 model's figures; its accuracy marked `!` past deploy.max_drop."""
+    if r.get("test_accuracy_int8") is None:
+        return ["-"] * len(INT8_HEADERS)
+    flag = " !" if r.get("int8_over_max_drop") else ""
+    return [_fmt_int(r["size_bytes_onnx"]) + "B", _fmt_int(r["size_bytes_int8"]) + "B",
+            f"{r['test_accuracy_int8']:.2%}{flag}", f"{r['latency_ms_int8']:.3f}", f"{r['throughput_ips_int8']:.0f}"]
 
 
 def _load(args, spec=None):
@@ -136,7 +149,9 @@ def cmd_run(args) -> int:
     spec = load_spec(args.config, args.set or [])  # a bad file or field fails here, before any server starts
     which_server = server.prestart()  # a temporary Prefect server starts while torch and the checks load
     spec = _load(args, spec)
-    problems = _machine_problems(spec, args)
+    from kdchain.checks import deploy_problems
+
+    problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
     if problems:  # before Prefect or MLflow start: nothing is trained or written
         return _fail(problems)
     from flows.chain import fresh_index
@@ -359,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only what the N newest finished chain runs (per experiment) use")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     p.set_defaults(fn=cmd_clean)
+
+    from flows.export import add_export_args, cmd_export
+
+    p = sub.add_parser("export", help="a chain run's generations as fp32 and int8 ONNX files with manifest.json")
+    add_export_args(p)
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)

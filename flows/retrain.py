@@ -28,7 +28,7 @@ class RetrainResult(BaseModel):
     new_version: str
     outcome: str  # promoted | challenger | unchanged
     reason: str
-    new_test_accuracy: float
+    new_test_accuracy: float  # promotion.metric: fp32 test accuracy, or the int8 model's
     champion_before: str | None  # version compared against
     champion_test_accuracy: float | None
     champion_after: str | None
@@ -98,7 +98,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     logger.info("%s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
     return RetrainResult(chain_run_id=chain.chain_run_id, model_name=name, new_version=version,
                          outcome=decision.outcome, reason=decision.reason,
-                         new_test_accuracy=new.scores["test_accuracy"],
+                         new_test_accuracy=new.scores[spec.promotion.metric],
                          champion_before=champion.version if champion else None,
-                         champion_test_accuracy=champion.scores["test_accuracy"] if champion else None,
+                         champion_test_accuracy=champion.scores[spec.promotion.metric] if champion else None,
                          champion_after=champion_after)

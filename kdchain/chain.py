@@ -5,8 +5,9 @@ kdchain.tracking records what it returns. Nothing here imports prefect or mlflow
 """
 
 import errno
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,12 +18,13 @@ from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoin
 from kdchain.data import batches, load_data
 from kdchain.distill import EpochReport, Teachers, evaluate, fit, pick_device, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.measure.export import ExportMismatch, export_and_measure, label_onnx
+from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
+from kdchain.measure.quantize import Int8Result, int8_generation
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.models.taps import feature_shapes
 from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
-from kdchain.spec import ChainSpec, FeatureLoss, FitnetLoss
+from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss
 
 
 class ResourceError(Exception):
@@ -75,6 +77,7 @@ class GenerationOutcome:
     class_names: list[str] = field(default_factory=list)
     export_warning: str = ""  # the ONNX export did not match torch (kdchain.measure.export): left out, said why
     skipped: list[str] = field(default_factory=list)  # files the data source could not read, "path (reason)"
+    tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags: int8 operators left in float, a drop flag
 
 
 def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
@@ -176,6 +179,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes, data.class_names)
     export_warning = export_checked(student, input_shape, checkpoint.with_suffix(".onnx"),
                                     next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics)
+    int8 = None if export_warning else quantize_generation(spec, gen, data, checkpoint.with_suffix(".onnx"),
+                                                           metrics["test_accuracy"])
     t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
@@ -188,6 +193,9 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     outcome.export_warning = export_warning
     outcome.skipped = list(data.skipped)
     outcome.metrics["skipped_files"] = float(len(data.skipped))  # unreadable files the data source left out
+    if int8 is not None:
+        metrics.update(int8.metrics)
+        outcome.tags = int8_tags(int8, gen.deploy.max_drop)
     return outcome, student.cpu()
 
 
@@ -208,15 +216,55 @@ def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Ten
         return f"{e}; the ONNX file is left out"
 
 
+def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_path: Path,
+                        fp32_accuracy: float) -> Int8Result | None:
+    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without."""
+    deploy = gen.deploy
+    if not deploy.quantized:
+        return None
+    calibration = None
+    if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
+        sample = torch.Generator().manual_seed(spec.seed)
+        calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
+    test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
+    return int8_generation(onnx_path, deploy.quantize, calibration, test, data.input_shape, fp32_accuracy,
+                           deploy.max_drop)
+
+
+def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
+    tags = {"kdchain.int8.float_ops": int8.float_ops_text()}
+    if int8.flagged:
+        tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
+                                     f"fp32 (max_drop {max_drop:g})")
+    return tags
+
+
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
     """test_accuracy on the data's current test split, plus params/flops/latency_ms/size_bytes: the numbers a
-    promotion compares. Two models scored by this in the same process are scored on the same split."""
+    promotion compares; and the int8 model's when the promotion rule reads them. Two models scored by this in the
+    same process are scored on the same split."""
     model = load_compatible(spec, path)
     data = load_data(spec.data, spec.seed)
     with torch.inference_mode():
         accuracy = evaluate(model, data.test)
-    return {"test_accuracy": accuracy,
-            **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
+    scores = {"test_accuracy": accuracy,
+              **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
+    if spec.promotion.needs_int8:
+        scores.update(int8_scores(spec, model, data, accuracy))
+    return scores
+
+
+def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:
+    """The int8 ONNX model a chain ships from `model`, quantized as its last generation's `deploy` says (static
+    when that says none), scored on the test split and timed."""
+    gen = resolve_chain(spec)[-1]
+    if not gen.deploy.quantized:
+        gen = replace(gen, deploy=DeploySpec(quantize="static"))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        result = quantize_generation(spec, gen, data, onnx, fp32_accuracy)
+    return {k: result.metrics[k] for k in ("test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8",
+                                           "size_bytes_int8")}
 
 
 def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: Path) -> tuple[GenerationOutcome, nn.Module]:

@@ -9,7 +9,8 @@ import torch
 
 from kdchain.data import input_info, missing_data
 from kdchain.measure.profile import count_flops
-from kdchain.models import build_model, count_params, default_tap, describe
+from kdchain.models import build_model, count_params, default_tap, describe, prepare_for_training
+from kdchain.models.timm import missing_weights as missing_timm_weights
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
 from kdchain.models.torchvision import fitting_state, missing_weights
 from kdchain.preflight import cuda_problem, size_problems
@@ -73,12 +74,15 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
 def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
     """What must be on disk before training starts (pretrained weights, data files), each as how to provide it."""
     problems = []
-    _, num_classes = input_info(spec.data)
+    input_shape, num_classes = input_info(spec.data)
     for g in resolve_chain(spec):
-        problem = missing_weights(g.arch)
+        problem = missing_weights(g.arch) or missing_timm_weights(g.arch)
         if problem is None and getattr(g.arch, "weights", None):  # on disk: do its tensors fit the model?
             try:
-                fitting_state(build_model(g.arch, num_classes, 3), g.arch)
+                if g.arch.kind == "timm":  # timm's own loader fits the head and the first conv
+                    prepare_for_training(build_model(g.arch, num_classes, input_shape[0]), g.arch)
+                else:
+                    fitting_state(build_model(g.arch, num_classes, 3), g.arch)
             except SpecError as e:
                 problem = e.lines[0]
         if problem:
@@ -86,6 +90,30 @@ def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
     for problem in (missing_data(spec.data), cuda_problem(spec.device)):
         if problem:
             problems.append(f"{source}: {problem}")
+    return problems
+
+
+def deploy_problems(spec: ChainSpec, source: str = "config") -> list[str]:
+    """Generations to be quantized whose model cannot be exported to ONNX (an operator opset 17 lacks, such as
+    VOLO's col2im): found by exporting the untrained model now, before hours of training end in that error."""
+    import tempfile
+    from pathlib import Path
+
+    from kdchain.measure.export import export_onnx
+
+    input_shape, num_classes = input_info(spec.data)
+    problems = []
+    for g in resolve_chain(spec):
+        if not g.deploy.quantized or (g.index == 0 and spec.teacher.from_ is not None):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                export_onnx(build_model(g.arch, num_classes, input_shape[0]), input_shape, Path(tmp) / "m.onnx")
+            except Exception as e:  # the exporter's own words: the first line names the operator
+                first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                where = "teacher" if g.index == 0 else f"generations.{g.index - 1}"
+                problems.append(f"{source}: {where}.deploy.quantize: {describe(g.arch)} cannot be exported to ONNX "
+                                f"({first[:200]}); set deploy: {{quantize: none}} for it or choose another model")
     return problems
 
 

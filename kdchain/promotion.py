@@ -15,7 +15,7 @@ PROMOTED, CHALLENGER, UNCHANGED = "promoted", "challenger", "unchanged"
 class Candidate:
     version: str  # registered model version
     run_id: str  # the generation run that produced it
-    scores: dict[str, float]  # test_accuracy, latency_ms, size_bytes, params, flops
+    scores: dict[str, float]  # test_accuracy, latency_ms, size_bytes, params, flops (+ the int8 ones if the rule asks)
 
 
 @dataclass
@@ -30,11 +30,15 @@ class Decision:
 
 
 def describe_rule(rule: PromotionSpec) -> str:
-    parts = [f"test accuracy >= champion + {rule.min_gain:g} (and higher)"]
+    parts = [f"{rule.metric.replace('_', ' ')} >= champion + {rule.min_gain:g} (and higher)"]
     if rule.max_latency_ms is not None:
         parts.append(f"latency <= {rule.max_latency_ms:g} ms")
     if rule.max_size_bytes is not None:
         parts.append(f"size <= {rule.max_size_bytes:,} B")
+    if rule.max_latency_ms_int8 is not None:
+        parts.append(f"int8 latency <= {rule.max_latency_ms_int8:g} ms")
+    if rule.max_size_bytes_int8 is not None:
+        parts.append(f"int8 size <= {rule.max_size_bytes_int8:,} B")
     return "promote if " + " and ".join(parts) + "; the first model within the budget becomes champion"
 
 
@@ -44,6 +48,12 @@ def budget_problems(scores: dict[str, float], rule: PromotionSpec) -> list[str]:
         problems.append(f"latency {scores['latency_ms']:.3f} ms exceeds the budget of {rule.max_latency_ms:g} ms")
     if rule.max_size_bytes is not None and scores["size_bytes"] > rule.max_size_bytes:
         problems.append(f"size {scores['size_bytes']:,.0f} B exceeds the budget of {rule.max_size_bytes:,} B")
+    if rule.max_latency_ms_int8 is not None and scores["latency_ms_int8"] > rule.max_latency_ms_int8:
+        problems.append(f"int8 latency {scores['latency_ms_int8']:.3f} ms exceeds the budget of "
+                        f"{rule.max_latency_ms_int8:g} ms")
+    if rule.max_size_bytes_int8 is not None and scores["size_bytes_int8"] > rule.max_size_bytes_int8:
+        problems.append(f"int8 size {scores['size_bytes_int8']:,.0f} B exceeds the budget of "
+                        f"{rule.max_size_bytes_int8:,} B")
     return problems
 
 
@@ -55,17 +65,16 @@ def decide(new: Candidate, champion: Candidate | None, rule: PromotionSpec) -> D
         if problems:
             return Decision(CHALLENGER, ["no champion yet, but " + "; ".join(problems)])
         return Decision(PROMOTED, ["no champion yet and the newcomer meets the budget"])
-    gain = new.scores["test_accuracy"] - champion.scores["test_accuracy"]
+    metric, label = rule.metric, rule.metric.replace("_", " ")
+    gain = new.scores[metric] - champion.scores[metric]
     # a gain within float noise of min_gain counts as reaching it (accuracies are ratios of small counts)
     if gain <= 0 or gain < rule.min_gain - 1e-9:
-        problems.insert(0, f"test accuracy {new.scores['test_accuracy']:.4f} vs champion "
-                           f"{champion.scores['test_accuracy']:.4f}: gain {gain:+.4f} is below the required "
-                           f"{rule.min_gain:g}")
+        problems.insert(0, f"{label} {new.scores[metric]:.4f} vs champion {champion.scores[metric]:.4f}: "
+                           f"gain {gain:+.4f} is below the required {rule.min_gain:g}")
     if problems:
         return Decision(CHALLENGER, problems, gain)
-    return Decision(PROMOTED, [f"test accuracy {new.scores['test_accuracy']:.4f} beats champion "
-                               f"{champion.scores['test_accuracy']:.4f} by {gain:+.4f} (>= {rule.min_gain:g}) "
-                               "within the budget"], gain)
+    return Decision(PROMOTED, [f"{label} {new.scores[metric]:.4f} beats champion {champion.scores[metric]:.4f} "
+                               f"by {gain:+.4f} (>= {rule.min_gain:g}) within the budget"], gain)
 
 
 def decision_tags(new: Candidate, champion: Candidate | None, decision: Decision, rule: PromotionSpec,
@@ -74,6 +83,7 @@ def decision_tags(new: Candidate, champion: Candidate | None, decision: Decision
     tags = {"kdchain.promotion.outcome": decision.outcome, "kdchain.promotion.reason": decision.reason,
             "kdchain.promotion.rule": describe_rule(rule), "kdchain.promotion.new_version": new.version,
             "kdchain.promotion.new_test_accuracy": f"{new.scores['test_accuracy']:.6f}",
+            "kdchain.promotion.metric": rule.metric,
             "kdchain.promotion.data_fingerprint": data_fingerprint,
             "kdchain.promotion.champion_version": champion.version if champion else "none",
             "kdchain.promotion.champion_test_accuracy":

@@ -9,7 +9,8 @@ from pathlib import Path
 from kdchain.checkpoints import read_arch, teacher_source
 from kdchain.data import data_fingerprint
 from kdchain.models import default_tap, resolve_student
-from kdchain.spec import CeLoss, ChainSpec, SpecError, TrainSpec, canonical_json, spec_hash
+from kdchain.spec import (CeLoss, ChainSpec, DeploySpec, SpecError, TrainSpec, canonical_json,
+                          spec_hash)
 
 
 @dataclass
@@ -23,6 +24,7 @@ class ResolvedGeneration:
     train: TrainSpec
     teachers: str = "direct"  # or "ancestors": every earlier generation teaches the logit terms
     teacher_weights: list[float] = field(default_factory=list)  # per earlier generation, oldest first
+    deploy: DeploySpec = field(default_factory=DeploySpec)  # its own or the chain's `deploy`
 
     def as_json(self) -> dict:
         out = {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
@@ -30,13 +32,16 @@ class ResolvedGeneration:
                "train": self.train.model_dump(mode="json")}
         if self.teachers != "direct":  # keeps the keys of direct-teacher chains as they were
             out["teachers"], out["teacher_weights"] = self.teachers, self.teacher_weights
+        if self.deploy.quantized:  # the int8 metrics belong to the result; unquantized keys stay as they were
+            out["deploy"] = self.deploy.model_dump(mode="json")
         return out
 
 
 def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     """Teacher first; each student derived from (or written next to) the architecture before it."""
     teacher_arch = spec.teacher.model if spec.teacher.from_ is None else read_arch(teacher_source(spec))
-    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train)]
+    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train,
+                               deploy=spec.deploy_of(0))]
     for i, g in enumerate(spec.generations, start=1):
         teacher_arch = gens[-1].arch
         try:
@@ -51,7 +56,7 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
             for t in g.distill
         ]
         gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
-                                       teacher_weights(g.teachers, g.teacher_weights, i)))
+                                       teacher_weights(g.teachers, g.teacher_weights, i), spec.deploy_of(i)))
     return gens
 
 
@@ -93,4 +98,9 @@ def generation_key(spec: ChainSpec, gen: ResolvedGeneration, teacher_digest: str
 
 
 def chain_digest(spec: ChainSpec) -> str:
-    return spec_hash(json.loads(canonical_json(spec)) | {"tracking": None})
+    data = json.loads(canonical_json(spec)) | {"tracking": None}
+    if not spec.deploy.quantized and not any(g.deploy for g in spec.generations):
+        data.pop("deploy")  # chains without int8 keep the chain run they had before `deploy` existed
+        for g in data["generations"]:
+            g.pop("deploy")
+    return spec_hash(data)

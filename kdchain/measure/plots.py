@@ -68,6 +68,32 @@ def accuracy_vs(rows: Sequence[dict], x_key: str, x_label: str, title: str) -> F
     return fig
 
 
+def fp32_vs_int8(rows: Sequence[dict], title: str) -> Figure:
+    """Test accuracy against ONNX file size, fp32 (blue) and int8 (orange) of each generation, an arrow from one
+    to the other: what quantization buys and costs, generation by generation."""
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot()
+    pts = [r for r in rows if r.get("size_bytes_int8") and r.get("size_bytes_onnx")]
+    for i, r in enumerate(pts):
+        fp32 = (r["size_bytes_onnx"], 100 * r["test_accuracy"])
+        int8 = (r["size_bytes_int8"], 100 * r["test_accuracy_int8"])
+        ax.scatter(*zip(fp32), color="tab:blue", edgecolor="black", s=70, zorder=3, label="fp32" if not i else None)
+        ax.scatter(*zip(int8), color="tab:orange", edgecolor="black", s=70, zorder=3, label="int8" if not i else None)
+        ax.annotate("", xy=int8, xytext=fp32, arrowprops={"arrowstyle": "->", "color": "0.5"}, zorder=2)
+        ax.annotate(r["name"], fp32, textcoords="offset points", xytext=(7, 6), fontsize=10)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_tick_125))
+    ax.xaxis.set_minor_formatter(FuncFormatter(_tick_125))
+    ax.set_xlabel("ONNX file size, bytes (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if pts:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def val_accuracy_curves(histories: dict[str, Sequence[tuple[int, float]]], title: str) -> Figure:
     """Validation accuracy per epoch, one line per generation (name -> [(epoch, accuracy in [0, 1])])."""
     fig = _figure((7, 4.5))

@@ -7,12 +7,13 @@ base (SpecError, hashing), models (architectures), distill (loss terms), train, 
 
 from kdchain.spec.base import SpecError, Strict, canonical_json, flatten, spec_hash
 from kdchain.spec.chain import ChainSpec, GenerationSpec, TeacherSpec
+from kdchain.spec.deploy import DeploySpec
 from kdchain.spec.data import (Augment, Cifar10Data, DataSpec, DigitsData, ImageFolderData, MarksData,
                                SplitFractions)
 from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, Loss, RkdLoss
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
-from kdchain.spec.models import (Arch, CnnArch, Derive, DeriveStudent, ResnetArch, StudentSpec, TorchvisionArch,
-                                 is_checkpoint_path)
+from kdchain.spec.models import (Arch, CnnArch, Derive, DeriveStudent, ResnetArch, StudentSpec, TimmArch,
+                                 TorchvisionArch, is_checkpoint_path)
 from kdchain.spec.search import (BestAccuracy, ParetoFront, SearchBudget, SearchObjective, SearchRunner, SearchSpace,
                                  SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
@@ -20,10 +21,11 @@ from kdchain.spec.train import TrainSpec
 
 __all__ = [
     "SpecError", "Strict", "canonical_json", "flatten", "spec_hash", "ChainSpec", "GenerationSpec", "TeacherSpec",
-    "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
+    "DeploySpec", "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
     "AtLoss", "CeLoss", "DkdLoss", "FeatureLoss", "FitnetLoss", "KdLoss", "Loss", "RkdLoss",
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
-    "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TorchvisionArch", "is_checkpoint_path",
+    "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TimmArch", "TorchvisionArch",
+    "is_checkpoint_path",
     "BestAccuracy", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace", "SearchSpec",
     "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]

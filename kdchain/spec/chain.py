@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kdchain.spec.base import Strict
 from kdchain.spec.data import DataSpec
+from kdchain.spec.deploy import DeploySpec
 from kdchain.spec.distill import CeLoss, KdLoss, Loss
 from kdchain.spec.models import Arch, StudentSpec
 from kdchain.spec.search import SearchSpec
@@ -54,6 +55,7 @@ class GenerationSpec(Strict):
         "teacher included, teaches the logit terms (kd, dkd) - densely guided KD, Son et al. ICCV 2021")
     teacher_weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
         None, description="with ancestors: one weight per teacher, oldest (the teacher) first; default equal")
+    deploy: DeploySpec | None = Field(None, description="this generation's int8 export; default: the chain's `deploy`")
 
 
 class ChainSpec(Strict):
@@ -68,6 +70,8 @@ class ChainSpec(Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where MLflow records the chain")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec,
                                      description="when `kdchain schedule`/retrain moves the champion alias")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="what each generation ships: fp32 ONNX, "
+                               "and with quantize: static|dynamic an int8 ONNX measured beside it")
 
     @field_validator("generations")
     @classmethod
@@ -83,6 +87,11 @@ class ChainSpec(Strict):
 
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+    def deploy_of(self, index: int) -> DeploySpec:
+        """Generation `index`'s deploy settings (0 = the teacher): its own, else the chain's."""
+        own = self.generations[index - 1].deploy if index > 0 else None
+        return own or self.deploy
 
     def registered_name(self) -> str:
         return self.tracking.register_as or f"{self.name}-student"

@@ -115,7 +115,34 @@ class TorchvisionArch(Strict):
         return self
 
 
-Arch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch], Field(discriminator="kind")]
+class TimmArch(Strict):
+    """Any timm model by name (`timm.create_model`), its classifier reset for num_classes."""
+
+    kind: Literal["timm"] = "timm"
+    name: str = Field(description="timm model name, e.g. resnet18, convnext_atto, efficientnet_b0 (timm.list_models())")
+    weights: str | None = Field(None, description="pretrained weights: a local .safetensors/.pth file, or "
+                                                  "`pretrained` for timm's own download cache (Hugging Face hub "
+                                                  "cache); none = random")
+    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed")
+    model_args: dict[str, int | float | bool | str | list[int] | list[float]] = Field(
+        default_factory=dict, description="keyword arguments of the model's constructor, e.g. "
+                                          "{channels: [32, 64, 128, 256]} for a timm ResNet, {dims: ..., depths: ...}")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str):
+        import difflib
+
+        import timm
+
+        if not timm.is_model(name):
+            near = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            raise ValueError(f"unknown timm model {name!r}; " + (f"did you mean {', '.join(near)}?" if near else
+                             "timm.list_models() lists them"))
+        return name
+
+
+Arch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch, TimmArch], Field(discriminator="kind")]
 
 
 class Derive(Strict):
@@ -140,8 +167,9 @@ def _student_tag(value: Any) -> str | None:
 
 StudentSpec = Annotated[
     Union[Annotated[CnnArch, Tag("cnn")], Annotated[ResnetArch, Tag("resnet")],
-          Annotated[TorchvisionArch, Tag("torchvision")], Annotated[DeriveStudent, Tag("derive")]],
+          Annotated[TorchvisionArch, Tag("torchvision")], Annotated[TimmArch, Tag("timm")],
+          Annotated[DeriveStudent, Tag("derive")]],
     Discriminator(_student_tag, custom_error_type="student_kind",
-                  custom_error_message="expected an architecture with kind: cnn, resnet or torchvision, "
+                  custom_error_message="expected an architecture with kind: cnn, resnet, torchvision or timm, "
                                        "or {derive: {width, depth}}"),
 ]

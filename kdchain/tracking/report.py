@@ -5,11 +5,12 @@ Mixed into Tracker, whose client and run layout it reads."""
 import contextlib
 
 from kdchain.measure import plots
-from kdchain.tracking.store import DEFAULT_UI, FINAL_KEYS
+from kdchain.tracking.store import DEFAULT_UI, TABLE_KEYS
 
 PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
                                           "plots/val_accuracy_per_epoch.png")
 PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
+PLOT_INT8 = "plots/accuracy_vs_size_fp32_int8.png"
 
 
 class ChainReport:
@@ -36,8 +37,11 @@ class ChainReport:
         self.client.log_figure(chain_run_id, plots.val_accuracy_curves(self.val_histories(rows),
                                                                        f"{chain_name}: validation accuracy per epoch"),
                                PLOT_EPOCHS)
+        if any(r.get("size_bytes_int8") for r in rows):  # deploy.quantize: int8 beside fp32
+            self.client.log_figure(chain_run_id, plots.fp32_vs_int8(rows, f"{chain_name}: fp32 and int8 ONNX"),
+                                   PLOT_INT8)
         table = [{"generation": r["name"], "architecture": r["summary"],
-                  **{k: r[k] for k in FINAL_KEYS if r.get(k) is not None},
+                  **{k: r[k] for k in TABLE_KEYS if r.get(k) is not None},
                   "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
         # log_table appends to an existing file: a re-run of the same chain run replaces it instead
         with contextlib.suppress(Exception):
@@ -48,8 +52,8 @@ class ChainReport:
         if table:
             self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
         md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
-               **{k: f"{t[k]:.4g}" for k in FINAL_KEYS if k in t}} for t in table]
+               **{k: f"{t[k]:.4g}" for k in TABLE_KEYS if k in t}} for t in table]
         self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
             md, [("generation", "generation"), ("architecture", "architecture")] +
-            [(k, k) for k in FINAL_KEYS]), TABLE_MD)
+            [(k, k) for k in TABLE_KEYS if any(k in t for t in table)]), TABLE_MD)
         return rows

@@ -21,9 +21,10 @@ import kdchain
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
-from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
-                                    GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
-                                    TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
+from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION,
+                                    GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TABLE_KEYS,
+                                    TEACHER_RUN, TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path,
+                                    store_exists)
 
 WARNING = "kdchain.warning"
 CLASS_NAMES = "kdchain.class_names"  # a JSON list, in output order
@@ -202,8 +203,9 @@ class Tracker(ChainReport):
                 code_paths=[str(Path(kdchain.__file__).parent)]).model_uri
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
-            if onnx.is_file():
-                mlflow.log_artifact(str(onnx), "onnx")
+            for path in (onnx, onnx.with_suffix(".int8.onnx")):  # fp32, and int8 with deploy.quantize
+                if path.is_file():
+                    mlflow.log_artifact(str(path), "onnx")
         self.client.set_tag(run_id, MODEL_URI, model_uri)  # before FINISHED: a finished run always names its model
         self.client.set_terminated(run_id, status="FINISHED")
         return model_uri
@@ -215,6 +217,10 @@ class Tracker(ChainReport):
     def warn(self, run_id: str, message: str) -> None:
         """A warning about a run that still finishes (e.g. its ONNX export left out), as the tag kdchain.warning."""
         self.client.set_tag(run_id, WARNING, message[:5000])
+
+    def tag_run(self, run_id: str, tags: dict[str, str]) -> None:
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()], synchronous=True)
 
     def fail_run(self, run_id: str, message: str, status: str = "FAILED") -> None:
         """End a run that did not finish: FAILED, or KILLED when interrupted (a rerun resumes it)."""
@@ -300,7 +306,7 @@ class Tracker(ChainReport):
                 continue
             rows[index] = {"generation": index, "name": run.data.tags.get(GENERATION_NAME),
                            "run_id": run.info.run_id, "summary": run.data.tags.get("mlflow.note.content", ""),
-                           **{k: run.data.metrics.get(k) for k in FINAL_KEYS},
+                           **{k: run.data.metrics.get(k) for k in TABLE_KEYS},
                            "class_names": json.loads(run.data.tags.get(CLASS_NAMES, "null"))}
             if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
                 rows[index]["note"] = run.data.tags[CHOSEN]
@@ -320,7 +326,7 @@ class Tracker(ChainReport):
                         "started": datetime.fromtimestamp(run.info.start_time / 1000).isoformat(timespec="seconds"),
                         "generations": len(rows), "teacher_test_accuracy": rows[0]["test_accuracy"] if rows else None,
                         "final": final.get("name"), "final_summary": final.get("summary"),
-                        "final_run_id": final.get("run_id"), **{k: final.get(k) for k in FINAL_KEYS}})
+                        "final_run_id": final.get("run_id"), **{k: final.get(k) for k in TABLE_KEYS}})
         return out
 
     def chain_run_exists(self, run_id: str) -> bool:

@@ -24,6 +24,10 @@ SUPERSEDED = "kdchain.superseded_by"  # a finished generation run that a retrain
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `kdchain ui` serves a local store
 FINAL_KEYS = ["test_accuracy", "val_accuracy", "params", "flops", "latency_ms", "size_bytes", "retention",
               "teacher_agreement", "latency_ms_onnx", "throughput_ips", "throughput_ips_onnx"]
+# a generation with deploy.quantize also has these (kdchain.measure.quantize); tables read both lists
+INT8_KEYS = ["test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8", "size_bytes_int8", "size_bytes_onnx",
+             "int8_over_max_drop"]
+TABLE_KEYS = FINAL_KEYS + INT8_KEYS
 
 
 def resolve_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:

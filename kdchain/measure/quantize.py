@@ -1,0 +1,168 @@
+"""int8 versions of a generation's ONNX file, through ONNX Runtime's own quantizer, and what they cost and lose.
+
+static: `quantize_static` in QDQ format with per-channel int8 weights, activation ranges calibrated (min/max) on
+a seeded sample of training images; dynamic: `quantize_dynamic`, int8 weights of MatMul/Gemm with activations
+quantized at run time (convolutions stay float: ONNX Runtime's ConvInteger is slow or missing on CPU). The int8
+model is timed like the fp32 one (kdchain.measure.export: batch-1 median latency, batch-64 throughput, 1 thread).
+"""
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from kdchain.measure.export import ort_session
+from kdchain.measure.profile import median_seconds
+
+CALIBRATION_BATCH = 32  # images per calibration forward: 512 images at 224x224 in one go would take 300 MB
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# ops that only move or reshape data: "stayed in float" lists the ones that compute
+LAYOUT_OPS = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Gather", "Concat", "Constant",
+              "Identity", "Cast", "Slice"}
+
+
+class QuantizeError(RuntimeError):
+    """ONNX Runtime could not quantize the model; the message says which file and why."""
+
+
+@dataclass
+class Int8Result:
+    path: Path
+    metrics: dict[str, float]  # test_accuracy_int8, latency_ms_int8, throughput_ips_int8, size_bytes_int8, ...
+    float_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes that still compute in float
+    flagged: bool = False  # accuracy fell more than max_drop points below fp32
+
+    def float_ops_text(self) -> str:
+        return ", ".join(f"{op} x{n}" for op, n in sorted(self.float_ops.items())) or "none"
+
+
+class _Calibration:
+    """onnxruntime.quantization.CalibrationDataReader over (N, C, H, W) float32 images, CALIBRATION_BATCH at a time."""
+
+    def __init__(self, images: np.ndarray):
+        self.batches = iter([images[i:i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)])
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {"x": np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | None = None) -> Path:
+    """Write the int8 version of `fp32` to `out`; `calibration` (N, C, H, W) images are required for static."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32, out = Path(fp32), Path(out)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            if mode == "static":
+                if calibration is None or not len(calibration):
+                    raise QuantizeError(f"static quantization of {fp32.name} needs calibration images")
+                reader = _Calibration(calibration)
+                CalibrationDataReader.register(type(reader))
+                quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            elif mode == "dynamic":
+                quantize_dynamic(str(prepared), str(out), op_types_to_quantize=["MatMul", "Gemm"],
+                                 per_channel=True, weight_type=QuantType.QInt8)
+            else:
+                raise ValueError(f"quantize mode {mode!r} is not static or dynamic")
+    except QuantizeError:
+        raise
+    except Exception as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+        raise QuantizeError(f"ONNX Runtime could not quantize {fp32} ({mode}): {first}") from None
+    compact_names(out)
+    return out
+
+
+def compact_names(path: Path) -> None:
+    """Rename the graph's tensors t0, t1, ... and drop node names and inferred shapes, keeping input `x` and
+    output `logits`: the exporter's scoped names, tripled by the quantizer's _quantized/_scale/_zero_point
+    suffixes, were 40% of a small model's int8 file (digits C: 15,049 -> 7,200 bytes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        return name if not name or name in keep else names.setdefault(name, f"t{len(names):x}")
+
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(i) for i in node.input]
+        node.output[:] = [short(o) for o in node.output]
+    for init in graph.initializer:
+        init.name = short(init.name)
+    del graph.value_info[:]
+    onnx.save(model, str(path))
+
+
+def float_ops(path: Path) -> dict[str, int]:
+    """Op types (and counts) of the nodes that still compute in float: not a quantize/dequantize node, not an
+    integer kernel, and fed by at least one float activation that no quantized node produced (DequantizeLinear;
+    with dynamic quantization the integer kernels and the casts and scalings of their results)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    weights = {i.name for i in graph.initializer}
+    left = Counter()
+    for node in graph.node:
+        if node.op_type in QUANT_OPS or node.op_type in LAYOUT_OPS or "Integer" in node.op_type \
+                or node.op_type.startswith("QLinear"):
+            continue
+        data = [i for i in node.input if i and i not in weights]
+        if any(not _quantized_path(produced_by.get(i)) for i in data):
+            left[node.op_type] += 1
+    return dict(left)
+
+
+def _quantized_path(op: str | None) -> bool:
+    return op is not None and (op in QUANT_OPS or "Integer" in op or op.startswith("QLinear") or op == "Cast")
+
+
+def onnx_accuracy(path: Path, test: Iterable[tuple[np.ndarray, np.ndarray]], threads: int = 1) -> float:
+    """Top-1 accuracy of an ONNX file over (x, y) batches, through ONNX Runtime."""
+    session = ort_session(path, threads)
+    right = total = 0
+    for x, y in test:
+        logits = session.run(["logits"], {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        right += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    return right / max(total, 1)
+
+
+def onnx_speed(path: Path, input_shape: tuple[int, ...], threads: int = 1, runs: int = 30,
+               warmup: int = 5) -> tuple[float, float]:
+    """(median batch-1 latency in ms, batch-64 images per second): the fp32 ONNX protocol of export.measure_speed."""
+    session = ort_session(path, threads)
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal((1, *input_shape), dtype=np.float32)
+    x64 = rng.standard_normal((64, *input_shape), dtype=np.float32)
+    t1 = median_seconds(lambda: session.run(["logits"], {"x": x1}), runs, warmup)
+    t64 = median_seconds(lambda: session.run(["logits"], {"x": x64}), max(5, runs // 5), max(2, warmup // 5))
+    return t1 * 1000, 64 / t64
+
+
+def int8_generation(fp32: Path, mode: str, calibration: np.ndarray | None,
+                    test: Iterable[tuple[np.ndarray, np.ndarray]], input_shape: tuple[int, ...],
+                    fp32_accuracy: float, max_drop: float, threads: int = 1) -> Int8Result:
+    """Quantize `fp32` (model.onnx) to model.int8.onnx beside it, then score and time it; `max_drop` in points."""
+    path = quantize_onnx(fp32, Path(fp32).with_suffix(".int8.onnx"), mode, calibration)
+    accuracy = onnx_accuracy(path, test, threads)
+    latency, throughput = onnx_speed(path, input_shape, threads)
+    drop = (fp32_accuracy - accuracy) * 100
+    metrics = {"test_accuracy_int8": accuracy, "latency_ms_int8": latency, "throughput_ips_int8": throughput,
+               "size_bytes_int8": float(path.stat().st_size), "size_bytes_onnx": float(Path(fp32).stat().st_size),
+               "accuracy_drop_int8": drop, "int8_over_max_drop": float(drop > max_drop)}
+    return Int8Result(path, metrics, float_ops(path), drop > max_drop)
