@@ -5,6 +5,7 @@ kdchain.tracking records what it returns. Nothing here imports prefect or mlflow
 """
 
 import errno
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,10 @@ from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.measure.export import export_and_measure
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
+from kdchain.models.prune import prune_model
 from kdchain.models.taps import feature_shapes
 from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
-from kdchain.spec import ChainSpec, FeatureLoss, FitnetLoss
+from kdchain.spec import ChainSpec, FeatureLoss, FitnetLoss, PrunedArch
 
 
 class ResourceError(Exception):
@@ -112,13 +114,19 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     if index == 0 and spec.teacher.from_ is not None:
         return load_teacher_generation(spec, gen, Path(out_dir))
     torch.manual_seed(spec.seed + index)
-    student = prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]), gen.arch)
+    pruned = isinstance(gen.arch, PrunedArch)  # then the student is its teacher, pruned, not a fresh model
+    student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]),
+                                                       gen.arch)
+    arch = gen.arch
 
     teacher = None
     if index > 0:
         if teacher_checkpoint is None:
             raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
-        teacher, _, _ = load_checkpoint(teacher_checkpoint)
+        teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
+        if pruned:
+            student, arch = prune_model(teacher, teacher_arch, gen.arch.prune, training_sample(data, spec.seed + index),
+                                        gen.arch.keep, data.num_classes, input_shape[0])
         if len(extra_teachers) != len(teacher_indices(gen)) - 1:
             raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
                              f"got {1 + len(extra_teachers)} checkpoints")
@@ -149,7 +157,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     metrics.update({k: float(v) for k, v in costs.as_dict().items()})
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
-    save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes)
+    save_checkpoint(checkpoint, student, arch, input_shape, data.num_classes)
     # ONNX beside the checkpoint, checked on the test batch (max |diff| of logits <= 1e-4), timed against torch
     # eager (whose batch-1 latency the profile has just measured)
     test_batch = next(batches(data.test, 256, shuffle=False))[0]
@@ -157,13 +165,25 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
                                       eager_latency_ms=costs.latency_ms))
     t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
-    outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
+    outcome = GenerationOutcome(index, gen.name, describe(arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
                                 {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
                                  "teacher_cache": result.cache_seconds})
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     outcome.confusion, outcome.class_names = confusion, list(data.class_names)
     return outcome, student.cpu()
+
+
+def training_sample(data, seed: int, batch_size: int = 64):
+    """n -> n seeded batches of the training split (cycled), on the CPU: what pruning scores channels and blocks on."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample(n: int) -> list:
+        out = []
+        while len(out) < n:
+            out += list(itertools.islice(batches(data.train, batch_size, gen), n - len(out)))
+        return [(x.cpu(), y.cpu()) for x, y in out]
+    return sample
 
 
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:

@@ -14,7 +14,7 @@ from kdchain.spec.chain import ChainSpec
 
 # the names pydantic gives union members in an error's loc ("constrained-int", "list[...]"): not field names
 _UNION_MEMBER = re.compile(r"^(constrained|function|lax|strict|json)-\w+$|^(int|float|str|bool|none|list|dict|"
-                           r"tuple|nullable|tagged-union|cnn|resnet|torchvision|derive|ce|kd|feature|fitnet|at|dkd|rkd|"
+                           r"tuple|nullable|tagged-union|cnn|resnet|torchvision|derive|prune|pruned|ce|kd|feature|fitnet|at|dkd|rkd|"
                            r"digits|cifar10|imagefolder|marks|accuracy|smallest|pareto)$")
 
 
