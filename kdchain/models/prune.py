@@ -176,6 +176,25 @@ def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, 
     model.zero_grad(set_to_none=True)
 
 
+def recalibrate_batch_norm(model: nn.Module, xs: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm statistics on the seeded batches: a layer whose inputs lost channels or blocks sees
+    other statistics than the teacher's (BN recalibration, as in EagleEye, Li et al. 2020). Weights unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for x in xs:
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 # ---------------------------------------------------------------------------------------------- the record
 
 
@@ -230,10 +249,15 @@ def prune_model(teacher: nn.Module, teacher_arch, prune: Prune, sample: Batches,
     """A pruned copy of `teacher` (untouched) keeping its surviving weights, and the architecture that rebuilds it."""
     teacher = teacher.eval()
     model = copy.deepcopy(teacher)
+    for m in model.modules():  # a frozen teacher's parts are pruned and trained like the rest (see `trainable`)
+        m._forward_pre_hooks.clear()
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(True)
     data = sample(max(prune.batches, 1))
     removed = drop_blocks(model, prune, [x for x, _ in data], list(keep)) if prune.depth < 1 else []
     if prune.width < 1:
         prune_width(model, teacher, prune, data, sample)
+    recalibrate_batch_norm(model, [x for x, _ in data])
     arch = PrunedArch(base=teacher_arch, prune=prune, keep=list(keep), record=make_record(teacher, model, removed))
     head = model.get_submodule(head_name(model))
     num_classes = num_classes or getattr(head, "out_features", None) or head.out_channels
