@@ -213,3 +213,24 @@ def test_a_pruned_vgg19_inspects_offline_and_trains_one_epoch_on_cifar(tmp_path,
     assert outcome.metrics["params"] == rows[1]["params"]  # width-only: the same shape as inspected
     assert all(p.requires_grad for p in student.parameters())  # the teacher's freeze is not inherited
     assert outcome.metrics["onnx_max_abs_diff"] <= 1e-3
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_search_varies_the_pruned_width_and_depth_and_its_winner_is_the_pruned_teacher(tmp_path):
+    from flows.chain import distill_chain
+
+    cfg = digits_chain(tmp_path, name="prunesearch", A={"prune": {"width": 0.5}})
+    cfg["teacher"]["train"]["epochs"] = 3
+    cfg["generations"][0]["search"] = {"space": {"width": [0.25, 0.5, 0.75], "depth": [0.5, 1.0]},
+                                       "budget": {"max_params": 20000}, "trials": 3, "proxy_epochs": 1,
+                                       "prune": False, "runner": {"kind": "threads", "workers": 1}}
+    result = distill_chain(spec_from_dict(cfg))
+    client = MlflowClient(cfg["tracking"]["uri"])
+    exp = client.get_experiment_by_name("prunesearch")
+    trials = client.search_runs([exp.experiment_id], "tags.`kdchain.kind` = 'trial'")
+    assert len(trials) == 3 and all(t.data.metrics["params"] <= 20000 for t in trials)
+    a = result.generations[1]
+    assert "pruned (width" in a.summary and a.metrics["params"] <= 20000
+    assert a.metrics["test_accuracy"] > 0.8  # the teacher's weights, healed in 2 epochs
+    chosen = [t for t in trials if t.data.tags.get("kdchain.chosen") == "true"]
+    assert len(chosen) == 1 and chosen[0].data.metrics["params"] == a.metrics["params"]
