@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from flows.cli import main
 from kdchain.chain import train_generation, training_sample
 from kdchain.checkpoints import load_checkpoint, save_checkpoint
+from kdchain.checks import check_chain
 from kdchain.data import load_data
 from kdchain.distill import evaluate
 from kdchain.models import build_model, count_params
@@ -171,6 +172,19 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     registered = mlflow.pytorch.load_model("models:/prunedchain-student@latest").eval()
     acc = (registered(data.test.x).argmax(1) == data.test.y).float().mean().item()
     assert acc == pytest.approx(runs["C"].data.metrics["test_accuracy"], abs=1e-6)
+
+    # a new chain starts from the logged pruned B (as a retrain from the store would) and prunes it again
+    again = digits_chain(tmp_path / "again", name="fromstore", A={"prune": {"width": 0.5, "round_to": 4}})
+    again["teacher"] = {"from": f"runs:/{runs['B'].info.run_id}"}
+    again["tracking"] = cfg["tracking"]
+    spec = spec_from_dict(again)
+    gens = check_chain(spec)
+    assert gens[0].arch.kind == "pruned" and gens[0].arch.record is not None  # the stored B, rebuilt exactly
+    teacher = train_generation(spec, 0, None, tmp_path / "again" / "0")[0]
+    assert teacher.metrics["test_accuracy"] == pytest.approx(runs["B"].data.metrics["test_accuracy"], abs=1e-6)
+    outcome, _ = train_generation(spec, 1, teacher.checkpoint, tmp_path / "again" / "1")
+    assert outcome.metrics["params"] < 0.5 * runs["B"].data.metrics["params"]
+    assert "width 0.5 depth 0.5, width 0.5" in outcome.arch_summary
 
 
 def cifar_folder(root):
