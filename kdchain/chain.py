@@ -5,6 +5,7 @@ kdchain.tracking records what it returns. Nothing here imports prefect or mlflow
 """
 
 import errno
+import itertools
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -22,9 +23,10 @@ from kdchain.measure.export import ExportMismatch, export_and_measure, export_on
 from kdchain.measure.quantize import Int8Result, int8_generation
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
+from kdchain.models.prune import prune_model
 from kdchain.models.taps import feature_shapes
 from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
-from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss
+from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss, PrunedArch
 
 
 class ResourceError(Exception):
@@ -138,13 +140,19 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     if index == 0 and spec.teacher.from_ is not None:
         return load_teacher_generation(spec, gen, Path(out_dir))
     torch.manual_seed(spec.seed + index)
-    student = prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]), gen.arch)
+    pruned = isinstance(gen.arch, PrunedArch)  # then the student is its teacher, pruned, not a fresh model
+    student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]),
+                                                       gen.arch)
+    arch = gen.arch
 
     teacher = None
     if index > 0:
         if teacher_checkpoint is None:
             raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
-        teacher, _, _ = load_checkpoint(teacher_checkpoint)
+        teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
+        if pruned:
+            student, arch = prune_model(teacher, teacher_arch, gen.arch.prune, training_sample(data, spec.seed + index),
+                                        gen.arch.keep, data.num_classes, input_shape[0])
         if len(extra_teachers) != len(teacher_indices(gen)) - 1:
             raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
                              f"got {1 + len(extra_teachers)} checkpoints")
@@ -176,7 +184,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     student.class_names = list(data.class_names)  # travels with the model: checkpoint, MLflow model, ONNX
-    save_checkpoint(checkpoint, student, gen.arch, input_shape, data.num_classes, data.class_names)
+    save_checkpoint(checkpoint, student, arch, input_shape, data.num_classes, data.class_names)
     export_warning = export_checked(student, input_shape, checkpoint.with_suffix(".onnx"),
                                     next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics)
     int8 = None if export_warning else quantize_generation(spec, gen, data, checkpoint.with_suffix(".onnx"),
@@ -184,7 +192,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
-    outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
+    outcome = GenerationOutcome(index, gen.name, describe(arch), str(checkpoint), metrics, result.history,
                                 result.resumed_from_epoch,
                                 {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
                                  "teacher_cache": result.cache_seconds})
@@ -237,6 +245,18 @@ def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
         tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
                                      f"fp32 (max_drop {max_drop:g})")
     return tags
+
+
+def training_sample(data, seed: int, batch_size: int = 64):
+    """n -> n seeded batches of the training split (cycled), on the CPU: what pruning scores channels and blocks on."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def sample(n: int) -> list:
+        out = []
+        while len(out) < n:
+            out += list(itertools.islice(batches(data.train, batch_size, gen), n - len(out)))
+        return [(x.cpu(), y.cpu()) for x, y in out]
+    return sample
 
 
 def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:

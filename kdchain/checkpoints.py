@@ -10,9 +10,9 @@ from torch import nn
 from kdchain.data import input_info
 from kdchain.distill import atomic_save
 from kdchain.models import build_model
-from kdchain.spec import Arch, ChainSpec, SpecError, canonical_json
+from kdchain.spec import AnyArch, ChainSpec, SpecError, canonical_json
 
-ARCH = TypeAdapter(Arch)
+ARCH = TypeAdapter(AnyArch)  # a pruned model's checkpoint holds its base and its pruning record
 
 
 class CheckpointError(Exception):

@@ -45,7 +45,7 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     for i, g in enumerate(spec.generations, start=1):
         teacher_arch = gens[-1].arch
         try:
-            arch = resolve_student(g.student, teacher_arch)
+            arch = resolve_student(g.student, teacher_arch, tapped_nodes(spec, i, default_tap(teacher_arch)))
         except SpecError as e:  # "student.derive: ..." -> "generations.0.student.derive: ..."
             raise SpecError([f"generations.{i - 1}.{line}" if line.startswith("student") else line
                              for line in e.lines]) from None
@@ -58,6 +58,15 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
         gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
                                        teacher_weights(g.teachers, g.teacher_weights, i), spec.deploy_of(i)))
     return gens
+
+
+def tapped_nodes(spec: ChainSpec, index: int, default: str) -> list[str]:
+    """The nodes of generation `index` that feature losses read: as student here, as teacher in the next one
+    (`default`: the family's tap, which a pruned student shares with its teacher)."""
+    nodes = [t.student_node or default for t in spec.generations[index - 1].distill if hasattr(t, "student_node")]
+    if index < len(spec.generations):
+        nodes += [t.teacher_node or default for t in spec.generations[index].distill if hasattr(t, "teacher_node")]
+    return nodes
 
 
 def teacher_weights(teachers: str, weights: list[float] | None, index: int) -> list[float]:

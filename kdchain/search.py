@@ -18,15 +18,16 @@ import optuna
 import torch
 from pydantic import BaseModel
 
-from kdchain.chain import build_loss
+from kdchain.chain import build_loss, training_sample
 from kdchain.checkpoints import ARCH, load_checkpoint
 from kdchain.data import input_info, load_data
 from kdchain.distill import fit, pick_device
 from kdchain.measure.profile import count_flops, latency_ms
-from kdchain.models import build_model, derive_arch, describe
-from kdchain.resolve import resolve_chain
-from kdchain.spec import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, SearchSpec, SpecError, canonical_json,
-                           spec_hash)
+from kdchain.models import build_model, default_tap, derive_arch, describe, resolve_student
+from kdchain.models.prune import prune_model
+from kdchain.resolve import resolve_chain, tapped_nodes
+from kdchain.spec import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, PruneStudent, SearchSpec, SpecError,
+                          canonical_json, spec_hash)
 
 AXES = ("width", "depth", "temperature", "kd_weight")
 
@@ -85,6 +86,13 @@ def candidate_arch(spec: ChainSpec, index: int, teacher_arch, params: dict[str, 
     """The student of generation `index` at this point of the space: the teacher's architecture scaled (or the
     written-out student scaled, when the generation names one)."""
     student = spec.generations[index - 1].student
+    if isinstance(student, PruneStudent):  # the teacher pruned to this width/depth, keeping its weights
+        if params["width"] > 1 or params.get("depth", 1.0) > 1:
+            raise SpecError([f"{field_of(index)}.space: a student pruned from its teacher keeps at most all of it; "
+                             "give widths and depths up to 1.0"])
+        prune = student.prune.model_copy(update={"width": params["width"], "depth": params.get("depth", 1.0)})
+        return resolve_student(PruneStudent(prune=prune), teacher_arch,
+                               tapped_nodes(spec, index, default_tap(teacher_arch)))
     to = student.derive.to if isinstance(student, DeriveStudent) else "same"
     base = teacher_arch if isinstance(student, DeriveStudent) else student
     return derive_arch(base, Derive(width=params["width"], depth=params.get("depth", 1.0), to=to))
@@ -251,10 +259,14 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
     search = gen_spec.search
     arch = ARCH.validate_python(candidate.arch)
     data = load_data(spec.data, spec.seed)
-    teacher, _, _ = load_checkpoint(Path(teacher_checkpoint))
+    teacher, teacher_arch, _ = load_checkpoint(Path(teacher_checkpoint))
     gen = resolve_chain(_with_student(spec, index, arch, candidate.params))[index]
     torch.manual_seed(spec.seed + index)
-    student = build_model(arch, data.num_classes, data.input_shape[0])
+    if arch.kind == "pruned":  # the teacher itself, pruned to the candidate's width/depth
+        student = prune_model(teacher, teacher_arch, arch.prune, training_sample(data, spec.seed + index),
+                              arch.keep, data.num_classes, data.input_shape[0])[0]
+    else:
+        student = build_model(arch, data.num_classes, data.input_shape[0])
     loss = build_loss(gen, student, teacher, data.input_shape)
     trial = None
     if journal and trial_id is not None and search.prune and search.objective.kind != "pareto":
@@ -286,7 +298,8 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
 def _with_student(spec: ChainSpec, index: int, arch, params: dict[str, float]) -> ChainSpec:
     gens = list(spec.generations)
     g = gens[index - 1]
-    gens[index - 1] = g.model_copy(update={"student": arch, "distill": candidate_distill(g.distill, params),
+    student = PruneStudent(prune=arch.prune) if arch.kind == "pruned" else arch  # re-planned from the teacher
+    gens[index - 1] = g.model_copy(update={"student": student, "distill": candidate_distill(g.distill, params),
                                            "search": None})
     return spec.model_copy(update={"generations": gens})
 

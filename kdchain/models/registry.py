@@ -10,7 +10,7 @@ from typing import Callable
 
 from torch import nn
 
-from kdchain.spec import DeriveStudent, SpecError, Derive
+from kdchain.spec import Derive, DeriveStudent, PrunedArch, PruneStudent, SpecError
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 DERIVERS: dict[str, Callable] = {}
@@ -42,10 +42,13 @@ def build_model(arch, num_classes: int, in_channels: int) -> nn.Module:
     return BUILDERS[arch.kind](arch, num_classes=num_classes, in_channels=in_channels)
 
 
-def resolve_student(student, teacher_arch):
-    """The architecture a generation trains: written out in full, or derived from its teacher's."""
+def resolve_student(student, teacher_arch, keep: list[str] = ()):
+    """The architecture a generation trains: written out in full, derived from its teacher's, or pruned from its
+    teacher (a plan until the teacher's weights are pruned; `keep`: the nodes feature losses tap)."""
     if isinstance(student, DeriveStudent):
         return derive_arch(teacher_arch, student.derive)
+    if isinstance(student, PruneStudent):
+        return PrunedArch(base=teacher_arch, prune=student.prune, keep=sorted(set(keep)))
     return student
 
 

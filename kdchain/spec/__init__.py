@@ -12,8 +12,8 @@ from kdchain.spec.data import (Augment, Cifar10Data, DataSpec, DigitsData, Image
                                SplitFractions)
 from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, Loss, RkdLoss
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
-from kdchain.spec.models import (Arch, CnnArch, Derive, DeriveStudent, ResnetArch, StudentSpec, TimmArch,
-                                 TorchvisionArch, is_checkpoint_path)
+from kdchain.spec.models import (AnyArch, Arch, CnnArch, Derive, DeriveStudent, Prune, PrunedArch, PruneStudent,
+                                 ResnetArch, StudentSpec, TimmArch, TorchvisionArch, is_checkpoint_path)
 from kdchain.spec.search import (BestAccuracy, ParetoFront, SearchBudget, SearchObjective, SearchRunner, SearchSpace,
                                  SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
@@ -24,8 +24,8 @@ __all__ = [
     "DeploySpec", "Augment", "Cifar10Data", "DataSpec", "DigitsData", "ImageFolderData", "MarksData", "SplitFractions",
     "AtLoss", "CeLoss", "DkdLoss", "FeatureLoss", "FitnetLoss", "KdLoss", "Loss", "RkdLoss",
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
-    "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TimmArch", "TorchvisionArch",
-    "is_checkpoint_path",
+    "AnyArch", "Arch", "CnnArch", "Derive", "DeriveStudent", "Prune", "PrunedArch", "PruneStudent", "ResnetArch",
+    "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
     "BestAccuracy", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace", "SearchSpec",
     "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]

@@ -14,7 +14,8 @@ from kdchain.spec.chain import ChainSpec
 
 # the names pydantic gives union members in an error's loc ("constrained-int", "list[...]"): not field names
 _UNION_MEMBER = re.compile(r"^(constrained|function|lax|strict|json)-\w+$|^(int|float|str|bool|none|list|dict|"
-                           r"tuple|nullable|tagged-union|cnn|resnet|torchvision|timm|derive|ce|kd|feature|fitnet|at|dkd|rkd|"
+                           r"tuple|nullable|tagged-union|cnn|resnet|torchvision|timm|derive|pruned|ce|kd|feature|fitnet|at|"
+                           r"dkd|rkd|"
                            r"digits|cifar10|imagefolder|marks|accuracy|smallest|pareto)$")
 
 
@@ -27,7 +28,8 @@ def _format_loc(loc: tuple) -> str:
             parts.append(str(p))
         elif isinstance(p, str) and not any(c in p for c in "[]()") and (
                 not _UNION_MEMBER.match(p) or (i > 0 and loc[i - 1] == p)):
-            parts.append(p)
+            if not (p == "prune" and parts[-1:] == ["prune"]):  # the student's tag `prune`, then its field
+                parts.append(p)
     return ".".join(parts) or "(top level)"
 
 

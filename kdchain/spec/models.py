@@ -159,17 +159,69 @@ class DeriveStudent(Strict):
     derive: Derive
 
 
+class Prune(Strict):
+    """Structured pruning of the teacher (torch-pruning's DepGraph): the student keeps the teacher's surviving
+    weights and is then healed by distillation."""
+
+    width: float = Field(0.5, gt=0.0, le=1.0, description="share of channels kept in every prunable layer group "
+                                                          "(coupled layers stay consistent)")
+    depth: float = Field(1.0, gt=0.0, le=1.0, description="share of removable blocks kept; the blocks whose removal "
+                                                          "changes their output least go first (1 - cos(in, out))")
+    importance: Literal["l2", "taylor", "bn_scale", "random"] = Field(
+        "l2", description="channel importance: l2 group magnitude, taylor (weight x gradient on training batches), "
+                          "bn_scale (|BatchNorm gamma|) or random")
+    round_to: int = Field(8, ge=1, description="kept channels are rounded to a multiple of this")
+    steps: int = Field(1, ge=1, le=20, description="prune in this many steps, with a short distillation from the "
+                                                   "teacher (recovery_batches) between them")
+    batches: int = Field(4, ge=0, le=64, description="seeded training batches that score taylor channels and blocks")
+    recovery_batches: int = Field(20, ge=0, description="distillation steps between two pruning steps")
+
+    @model_validator(mode="after")
+    def _scores_need_data(self):
+        if self.batches == 0 and self.importance == "taylor":
+            raise ValueError("importance taylor scores channels by gradients on training batches; set batches to "
+                             "1 or more or use importance l2")
+        if self.batches == 0 and self.depth < 1.0:
+            raise ValueError("depth below 1.0 scores blocks on training batches; set batches to 1 or more")
+        return self
+
+
+class PruneStudent(Strict):
+    """A student pruned from its teacher, keeping its weights: `student: {prune: {width: 0.5}}`."""
+
+    prune: Prune
+
+
+class PrunedArch(Strict):
+    """The architecture of a pruned model: the one it was pruned from, the settings, and (once pruned) the record
+    that rebuilds it exactly. Without a record it is a plan: building it prunes the base's initial weights."""
+
+    kind: Literal["pruned"] = "pruned"
+    base: "AnyArch" = Field(description="the architecture pruned (its teacher's)")
+    prune: Prune = Field(description="the pruning settings")
+    keep: list[str] = Field(default_factory=list, description="nodes that feature losses tap: the blocks holding "
+                                                              "them are never removed")
+    record: dict | None = Field(None, description="removed blocks, changed module attributes and tensor shapes; "
+                                                  "none = not pruned yet (a plan)")
+
+
+AnyArch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch, TimmArch, PrunedArch], Field(discriminator="kind")]
+PrunedArch.model_rebuild()
+
+
 def _student_tag(value: Any) -> str | None:
     if isinstance(value, dict):
-        return "derive" if "derive" in value else value.get("kind")
-    return "derive" if isinstance(value, DeriveStudent) else getattr(value, "kind", None)
+        return next((k for k in ("derive", "prune") if k in value), value.get("kind"))
+    if isinstance(value, (DeriveStudent, PruneStudent)):
+        return "derive" if isinstance(value, DeriveStudent) else "prune"
+    return getattr(value, "kind", None)
 
 
 StudentSpec = Annotated[
     Union[Annotated[CnnArch, Tag("cnn")], Annotated[ResnetArch, Tag("resnet")],
           Annotated[TorchvisionArch, Tag("torchvision")], Annotated[TimmArch, Tag("timm")],
-          Annotated[DeriveStudent, Tag("derive")]],
+          Annotated[DeriveStudent, Tag("derive")], Annotated[PruneStudent, Tag("prune")]],
     Discriminator(_student_tag, custom_error_type="student_kind",
                   custom_error_message="expected an architecture with kind: cnn, resnet, torchvision or timm, "
-                                       "or {derive: {width, depth}}"),
+                                       "{derive: {width, depth}} or {prune: {width, depth}}"),
 ]

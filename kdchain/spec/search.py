@@ -9,7 +9,8 @@ from kdchain.spec.base import Strict
 
 class SearchSpace(Strict):
     """The candidates: every combination of these values, each a student derived from the teacher (or from the
-    written-out student) with these width/depth multipliers."""
+    written-out student) with these width/depth multipliers, or, for `student: {prune: ...}`, the teacher pruned
+    to these shares of its channels and blocks (at most 1.0)."""
 
     width: list[Annotated[float, Field(gt=0.0, le=4.0)]] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75], min_length=1, description="channel multipliers to try")

@@ -1,0 +1,165 @@
+"""The pruning study: does a chain whose generations inherit their teacher's weights (structured pruning, then
+distillation) beat the fresh chain, direct distillation and labels alone at the same sizes?
+
+For each seed, one teacher (trained by the first variant, then loaded with `teacher.from` by all the others), and
+for students B and C (the sizes the config's chain resolves to), each a real `distill-chain` run in MLflow:
+  labels          - fresh weights, the labels alone (ce)
+  direct kd       - fresh weights, distilled from the teacher (kd 0.7, T 4 + ce 0.3)
+  chain kd        - fresh weights at its place in teacher -> A -> B -> C (the config's default, direct teachers)
+  pruned chain    - A pruned from the teacher, B from A, C from B (round_to 1, so sizes match the derived ones),
+                    each then distilled (kd)
+  pruned direct   - the teacher pruned straight to B's / C's size, then distilled (kd)
+It prints C's (and B's) test accuracy, params, C's validation accuracy after each epoch and each variant's wall
+time, and writes the section `quality-prune:<data>` of docs/results.md.
+
+    PREFECT_HOME=/tmp/prefect-quality python bench/quality_prune.py --data digits --seeds 0 1 2
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from _common import ROOT  # noqa: E402
+from quality import LABELS, METHODS, base_config, mean_std, write_section  # noqa: E402
+
+from kdchain.resolve import resolve_chain  # noqa: E402
+from kdchain.spec import spec_from_dict  # noqa: E402
+
+KD = METHODS["kd"]
+
+
+def prune_settings(cfg: dict) -> dict[str, dict]:
+    """Per generation: the prune that gives the derived student's size from its teacher (a cnn chain's `derive`
+    widths; a depth below 1 removes as many convs per stage as derive drops, at least the share needed)."""
+    convs = cfg["teacher"]["model"].get("convs_per_stage", 1)
+    out = {}
+    for g in cfg["generations"]:
+        d = g["student"]["derive"]
+        depth = d.get("depth", 1.0)
+        if depth < 1:  # derive keeps round(n * depth) convs per stage; pruning may drop the n - 1 after the first
+            kept = max(1, round(convs * depth))
+            depth = max(0.01, 1 - (convs - kept) / (convs - 1))
+            convs = kept
+        out[g["name"]] = {"width": d["width"], "depth": depth, "round_to": 1}
+    return out
+
+
+def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
+    resolved = resolve_chain(spec_from_dict({**cfg, "seed": seed}))
+    arch = {g.name: g.arch.model_dump(mode="json") for g in resolved}
+    train = {g["name"]: g.get("train", {}) for g in cfg["generations"]}
+    prunes = prune_settings(cfg)
+    names = [g["name"] for g in cfg["generations"]]
+    out = {}
+
+    def chain(name, gens):
+        c = copy.deepcopy(cfg) | {"seed": seed, "name": f"qprune-{name}-s{seed}", "generations": gens}
+        if teacher_ckpt is not None:
+            c["teacher"] = {"from": teacher_ckpt}
+        c["tracking"] = dict(cfg["tracking"], register_as=f"{c['name']}-student")
+        out[name] = c
+
+    chain("chain-kd", [{"name": n, "student": arch[n], "distill": KD, "train": train[n]} for n in names])
+    chain("pruned-chain", [{"name": n, "student": {"prune": prunes[n]}, "distill": KD, "train": train[n]}
+                           for n in names])
+    for i, student in enumerate(names[1:], start=1):
+        chain(f"labels-{student}", [{"name": student, "student": arch[student], "distill": LABELS,
+                                     "train": train[student]}])
+        chain(f"direct-kd-{student}", [{"name": student, "student": arch[student], "distill": KD,
+                                        "train": train[student]}])
+        width = depth = 1.0
+        for n in names[:i + 1]:
+            width, depth = width * prunes[n]["width"], min(depth, prunes[n]["depth"])
+        chain(f"pruned-direct-{student}", [{"name": student, "distill": KD, "train": train[student],
+                                            "student": {"prune": {"width": width, "depth": depth, "round_to": 1}}}])
+    return out
+
+
+def label(name: str) -> str:
+    for prefix, text in (("labels", "labels"), ("direct-kd", "direct kd (fresh)"), ("chain-kd", "chain kd (fresh)"),
+                         ("pruned-chain", "pruned chain"), ("pruned-direct", "pruned direct")):
+        if name.startswith(prefix):
+            return text
+    return name
+
+
+def report(data: str, rows: dict, curves: dict, seconds: dict, teacher: list[float], args, total: float) -> str:
+    """rows[(student, variant)] = [(test accuracy, params)], curves[variant] = [per-epoch val accuracy of C]."""
+    cmd = "python bench/quality_prune.py " + " ".join(sys.argv[1:])
+    lines = [f"## pruning study: {data}", "",
+             f"Measured by `PREFECT_HOME=... {cmd}` on the shared CPU, seeds {', '.join(map(str, args.seeds))}, "
+             f"{total / 60:.1f} min in all. Teacher test accuracy: {mean_std(teacher)} %. Each variant is a "
+             "`distill-chain` run (experiment `quality-" + data + "`).", "",
+             "| student | variant | params | test accuracy % (mean ± std) | per seed | wall s / seed |",
+             "|---|---|---|---|---|---|"]
+    for (student, variant), xs in sorted(rows.items()):
+        accs = [a for a, _ in xs]
+        lines.append(f"| {student} | {variant} | {int(statistics.mean(p for _, p in xs)):,} | {mean_std(accs)} | "
+                     f"{', '.join(f'{a * 100:.2f}' for a in accs)} | {statistics.mean(seconds[variant, student]):.0f} |")
+    lines += ["", "C's validation accuracy % after each epoch (mean over seeds):", "",
+              "| variant | " + " | ".join(f"ep {i + 1}" for i in range(max(map(len, curves.values())))) + " |",
+              "|---|" + "---|" * max(map(len, curves.values()))]
+    for variant, runs in sorted(curves.items()):
+        mean = [statistics.mean(r[i] for r in runs) * 100 for i in range(min(map(len, runs)))]
+        lines.append(f"| {variant} | " + " | ".join(f"{m:.1f}" for m in mean) + " |")
+    return "\n".join(lines + [""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", choices=["digits", "marks"], default="digits")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of every generation; default: the config's")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value on the config")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="kdchain-qprune-"))
+    uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
+
+    import logging
+
+    from mlflow import MlflowClient
+
+    from flows.chain import distill_chain
+    from kdchain.tracking import prepare_store
+
+    prepare_store(uri)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    cfg = base_config(args.data, args.overrides, args.epochs, tmp / "work", uri)
+    rows, curves, seconds, teacher_acc = {}, {}, {}, []
+    t0 = time.time()
+    for seed in args.seeds:
+        teacher_ckpt = None
+        for name in variants(cfg, seed, None):
+            c = variants(cfg, seed, teacher_ckpt)[name]
+            result = distill_chain(spec_from_dict(c, name), tracking_uri=uri, fresh=True)
+            gens = {g.name: g for g in result.generations}
+            if teacher_ckpt is None:
+                teacher_ckpt = gens["teacher"].checkpoint
+                teacher_acc.append(gens["teacher"].metrics["test_accuracy"])
+            for student in ("B", "C"):
+                if student in gens:
+                    g = gens[student]
+                    rows.setdefault((student, label(name)), []).append((g.metrics["test_accuracy"], g.metrics["params"]))
+                    seconds.setdefault((label(name), student), []).append(result.seconds)
+            if "C" in gens:
+                history = MlflowClient(uri).get_metric_history(gens["C"].run_id, "val_accuracy")
+                curves.setdefault(label(name), []).append([m.value for m in sorted(history, key=lambda m: m.step)])
+            print(f"seed {seed} {name}: " + ", ".join(f"{g.name} {g.metrics['test_accuracy']:.4f} "
+                                                      f"({g.metrics['params']:.0f})" for g in result.generations)
+                  + f"  {result.seconds:.0f} s", flush=True)
+    text = report(args.data, rows, curves, seconds, teacher_acc, args, time.time() - t0)
+    print(text)
+    write_section(Path(args.out), f"prune-{args.data}", text)
+
+
+if __name__ == "__main__":
+    main()

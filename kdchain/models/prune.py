@@ -1,0 +1,327 @@
+"""Structured pruning: a student that is its teacher with the least important channels and blocks removed, keeping
+the teacher's surviving weights (torch-pruning's DepGraph traces which layers are coupled and scores the channels).
+
+- depth (first): the removable blocks are the shape-preserving children of an nn.Sequential that hold a
+  convolution (residual blocks, a cnn's or VGG's conv between two of the same width; a VGG-bn conv goes with its
+  BatchNorm). Each is scored on a few seeded training batches by 1 - cos(input, output), the block importance of
+  ShortGPT / Minitron, and the lowest are replaced by nn.Identity. Never a block that takes the image (the stem)
+  or that a feature-loss tap names or contains (`PrunedArch.keep`).
+- width: every prunable layer group keeps `width` of its channels, chosen by the importance, rounded to
+  `round_to` (torch-pruning's BasePruner, uniform per group). The head's outputs (the classes) are never pruned.
+  In the CIFAR ResNet family only the channels inside each basic block are: its zero-padding shortcuts tie the
+  residual stream's channels in a way DepGraph does not trace.
+- steps > 1: width is removed in equal steps; between two steps the student is distilled for `recovery_batches`
+  batches from the unpruned model (KD at T = 4, AdamW 1e-3), so that the next step scores a model that works.
+
+The result is a PrunedArch whose `record` (removed blocks, changed module attributes, changed tensor shapes)
+rebuilds the model exactly from its base without any weights: checkpoints stay JSON + tensors (weights_only).
+A plan (no record yet, e.g. in `kdchain inspect`) is made concrete by pruning the base's initial weights.
+"""
+
+import copy
+from functools import lru_cache
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from pydantic import TypeAdapter
+from torch import nn
+
+from kdchain.models.registry import build_model, default_tap, derive_arch, describe, register
+from kdchain.models.resnet import BasicBlock, CifarResNet
+from kdchain.models.torchvision import head_name
+from kdchain.spec import AnyArch, Derive, Prune, PrunedArch, SpecError, canonical_json
+
+Batches = Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]  # n -> n seeded (x, y) training batches
+ANY_ARCH = TypeAdapter(AnyArch)
+
+IMPORTANCE = {
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+# ---------------------------------------------------------------------------------------------- depth
+
+
+def removable_blocks(model: nn.Module, x: torch.Tensor) -> list[list[str]]:
+    """Each removable block as the module names that become nn.Identity, in the order the forward pass runs them."""
+    seen: dict[str, tuple] = {}  # name -> (input shape, output shape, takes the image)
+
+    def hook(name):
+        def record(module, args, out):
+            if name not in seen and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                seen[name] = (tuple(args[0].shape), tuple(out.shape), args[0] is x)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    order = {name: i for i, name in enumerate(seen)}
+    blocks = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        kids = list(parent.named_children())
+        for i, (child_name, child) in enumerate(kids):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if name not in seen or seen[name][2] or seen[name][0] != seen[name][1] or not _holds_conv(child):
+                continue
+            group = [name]
+            if isinstance(child, nn.Conv2d) and i + 1 < len(kids) and isinstance(kids[i + 1][1], nn.BatchNorm2d):
+                group.append(f"{parent_name}.{kids[i + 1][0]}" if parent_name else kids[i + 1][0])
+            blocks.append(group)
+    outer = [b for b in blocks if not any(b[0].startswith(o[0] + ".") for o in blocks)]  # a block, not its insides
+    return sorted(outer, key=lambda b: order[b[0]])
+
+
+def _holds_conv(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1  # a depthwise conv alone is not a block
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def block_scores(model: nn.Module, blocks: list[list[str]], xs: list[torch.Tensor]) -> dict[str, float]:
+    """1 - mean cosine similarity of each block's input and output (per sample, flattened) over the batches."""
+    scores = {b[0]: 0.0 for b in blocks}
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for b in blocks:
+        first, last = model.get_submodule(b[0]), model.get_submodule(b[-1])
+        handles.append(first.register_forward_pre_hook(lambda m, args, key=b[0]: inputs.__setitem__(key, args[0])))
+        handles.append(last.register_forward_hook(lambda m, args, out, key=b[0]: scores.__setitem__(
+            key, scores[key] + 1 - F.cosine_similarity(inputs[key].flatten(1), out.flatten(1)).mean().item())))
+    try:
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v / len(xs) for k, v in scores.items()}
+
+
+def _covers(block: str, node: str) -> bool:
+    return node == block or node.startswith(block + ".")
+
+
+def drop_blocks(model: nn.Module, prune: Prune, xs: list[torch.Tensor], keep: list[str]) -> list[str]:
+    """Replace the least important removable blocks by nn.Identity; returns the module names replaced."""
+    blocks = removable_blocks(model, xs[0])
+    if not blocks:
+        raise SpecError([f"model.prune.depth: {type(model).__name__} has no removable blocks (no shape-keeping conv "
+                         "or residual block after the stem); use depth: 1.0"])
+    free = [b for b in blocks if not any(_covers(name, node) for name in b for node in keep)]
+    n_drop = min(len(free), round(len(blocks) * (1 - prune.depth)))
+    scores = block_scores(model, free, xs)
+    dropped = [name for b in sorted(free, key=lambda b: scores[b[0]])[:n_drop] for name in b]
+    for name in dropped:
+        model.set_submodule(name, nn.Identity())
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------------- width
+
+
+def ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers whose outputs keep every channel: the head, and a CIFAR ResNet's residual stream."""
+    ignored = [model.get_submodule(head_name(model))]
+    if isinstance(model, CifarResNet):
+        ignored.append(model.conv1)
+        for m in model.modules():
+            if isinstance(m, BasicBlock):
+                ignored += [m.conv2, m.shortcut]
+    return ignored
+
+
+def recover(student: nn.Module, teacher: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]],
+            temperature: float = 4.0) -> None:
+    """A short distillation between two pruning steps: KD from the unpruned model, AdamW 1e-3."""
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    student.train()
+    for x, _ in data:
+        with torch.no_grad():
+            target = F.softmax(teacher(x) / temperature, 1)
+        loss = F.kl_div(F.log_softmax(student(x) / temperature, 1), target, reduction="batchmean") * temperature ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    student.eval()
+
+
+def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, sample: Batches) -> None:
+    """Prune every layer group of `model` to `prune.width` of its channels, in `prune.steps` steps."""
+    if prune.importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                  for m in model.modules()):
+        raise SpecError(["model.prune.importance: bn_scale ranks channels by BatchNorm scales and this model has "
+                         "no BatchNorm; use importance l2"])
+    pruner = tp.pruner.BasePruner(model, data[0][0][:2], importance=IMPORTANCE[prune.importance](),
+                                  pruning_ratio=1 - prune.width, iterative_steps=prune.steps,
+                                  ignored_layers=ignored_layers(model), round_to=prune.round_to)
+    for step in range(prune.steps):
+        if prune.importance == "taylor":  # weight x gradient of the cross-entropy on the seeded batches
+            model.zero_grad()
+            for x, y in data:
+                F.cross_entropy(model(x), y).backward()
+        pruner.step()
+        if step + 1 < prune.steps and prune.recovery_batches:
+            recover(model, teacher, sample(prune.recovery_batches))
+    model.zero_grad(set_to_none=True)
+
+
+def recalibrate_batch_norm(model: nn.Module, xs: list[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm statistics on the seeded batches: a layer whose inputs lost channels or blocks sees
+    other statistics than the teacher's (BN recalibration, as in EagleEye, Li et al. 2020). Weights unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for x in xs:
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- the record
+
+
+def _attrs(module: nn.Module) -> dict:
+    """The int and int-tuple attributes that shape a module: in/out channels, features, groups."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(module).items()
+            if not k.startswith("_") and (type(v) is int or (isinstance(v, tuple) and v
+                                                            and all(type(i) is int for i in v)))}
+
+
+def make_record(before: nn.Module, after: nn.Module, removed: list[str]) -> dict:
+    """What turns `before` into `after` without weights: removed blocks, changed attributes, changed shapes."""
+    old = dict(before.named_modules())
+    modules = {}
+    for name, m in after.named_modules():
+        if name in old and type(old[name]) is type(m):
+            was = _attrs(old[name])
+            changed = {k: v for k, v in _attrs(m).items() if was.get(k) != v}
+            if changed:
+                modules[name] = changed
+    old_state = before.state_dict()
+    tensors = {k: list(v.shape) for k, v in after.state_dict().items()
+               if k in old_state and old_state[k].shape != v.shape}
+    return {"removed": removed, "modules": modules, "tensors": tensors}
+
+
+def replay(model: nn.Module, record: dict) -> nn.Module:
+    """Apply a record to a freshly built base: same modules and shapes as the pruned model (values to be loaded)."""
+    for name in record["removed"]:
+        model.set_submodule(name, nn.Identity())
+    for name, attrs in record["modules"].items():
+        module = model.get_submodule(name)
+        for k, v in attrs.items():
+            setattr(module, k, tuple(v) if isinstance(v, list) else v)
+    for key, shape in record["tensors"].items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        old = getattr(module, leaf)
+        new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            module._buffers[leaf] = new
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- the student
+
+
+def prune_model(teacher: nn.Module, teacher_arch, prune: Prune, sample: Batches, keep: list[str] = (),
+                num_classes: int | None = None, in_channels: int | None = None) -> tuple[nn.Module, PrunedArch]:
+    """A pruned copy of `teacher` (untouched) keeping its surviving weights, and the architecture that rebuilds it."""
+    teacher = teacher.eval()
+    model = copy.deepcopy(teacher)
+    for m in model.modules():  # a frozen teacher's parts are pruned and trained like the rest (see `trainable`)
+        m._forward_pre_hooks.clear()
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(True)
+    data = sample(max(prune.batches, 1))
+    removed = drop_blocks(model, prune, [x for x, _ in data], list(keep)) if prune.depth < 1 else []
+    if prune.width < 1:
+        prune_width(model, teacher, prune, data, sample)
+    recalibrate_batch_norm(model, [x for x, _ in data])
+    arch = PrunedArch(base=teacher_arch, prune=prune, keep=list(keep), record=make_record(teacher, model, removed))
+    head = model.get_submodule(head_name(model))
+    num_classes = num_classes or getattr(head, "out_features", None) or head.out_channels
+    in_channels = in_channels or data[0][0].shape[1]
+    student = build_model(arch, num_classes, in_channels)
+    student.load_state_dict(model.state_dict())
+    return student.eval(), arch
+
+
+def trainable(arch):
+    """The base a pruned model is built on: a student trains all its weights, so the teacher's freeze is dropped."""
+    if arch.kind == "pruned":
+        return arch.model_copy(update={"base": trainable(arch.base)})
+    if arch.kind == "torchvision" and arch.freeze:
+        return arch.model_copy(update={"freeze": []})
+    return arch
+
+
+@lru_cache(maxsize=32)
+def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> PrunedArch:
+    """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU."""
+    arch = ANY_ARCH.validate_json(arch_json)
+    gen = torch.Generator().manual_seed(0)
+
+    def noise(n: int):
+        return [(torch.randn(8, in_channels, size, size, generator=gen),
+                 torch.randint(0, num_classes, (8,), generator=gen)) for _ in range(n)]
+
+    # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
+    quick = arch.prune.model_copy(update={"recovery_batches": 0,
+                                          "importance": "bn_scale" if arch.prune.importance == "bn_scale" else "l2"})
+    with torch.device("cpu"), torch.random.fork_rng():
+        torch.manual_seed(0)
+        base = build_model(arch.base, num_classes, in_channels)
+        concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
+    return concrete.model_copy(update={"prune": arch.prune})
+
+
+def _levels(arch) -> tuple[object, list[Prune]]:
+    """(the unpruned root architecture, the pruning settings applied to it, first first)."""
+    if arch.kind != "pruned":
+        return arch, []
+    root, levels = _levels(arch.base)
+    return root, levels + [arch.prune]
+
+
+def describe_pruned(arch: PrunedArch) -> str:
+    root, levels = _levels(arch)
+    steps = ", ".join(f"width {p.width:g}" + (f" depth {p.depth:g}" if p.depth < 1 else "") for p in levels)
+    return f"{describe(root)} pruned ({steps})"
+
+
+def derive_pruned(arch: PrunedArch, derive: Derive):
+    """`derive` from a pruned teacher: its root family scaled by the widths and depths kept so far, times derive's."""
+    root, levels = _levels(arch)
+    width, depth = derive.width, derive.depth
+    for p in levels:
+        width, depth = width * p.width, depth * p.depth
+    return derive_arch(root, derive.model_copy(update={"width": width, "depth": depth}))
+
+
+@register("pruned", derive=derive_pruned, tap=lambda arch: default_tap(arch.base), describe=describe_pruned)
+def pruned_model(arch: PrunedArch, num_classes: int, in_channels: int) -> nn.Module:
+    if arch.record is None:
+        arch = planned(canonical_json(arch), num_classes, in_channels)
+    return replay(build_model(trainable(arch.base), num_classes, in_channels), arch.record)
+
