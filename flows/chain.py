@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run as prefect_flow_run
 from pydantic import BaseModel
 
 from flows import progress
@@ -25,6 +26,7 @@ from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, gene
                              teacher_indices)
 from kdchain.spec import ChainSpec, load_spec
 from kdchain.tracking import Tracker, resolve_uri, ui_base
+from kdchain.tracking.labels import figures, rounded
 
 
 class GenerationResult(BaseModel):
@@ -49,6 +51,7 @@ class ChainResult(BaseModel):
     reused: list[str]  # names of the generations taken from the cache
     registered: str | None = None  # "name/version"
     flow_started: float = 0.0  # time.time() when the flow body began (start-up cost = this - the caller's start)
+    flow_run_id: str | None = None  # the Prefect flow run (its page: <UI>/runs/flow-run/<id>)
     seconds: float = 0.0
 
 
@@ -99,12 +102,12 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         raise
     progress.stop(gen.name)
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
-    metrics = dict(outcome.metrics)
-    metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
+    metrics = {k: rounded(v) for k, v in outcome.metrics.items()}  # as the UI prints them: 0.9972, not 0.99722224
+    metrics["retention"] = rounded(metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0)
     t0 = time.perf_counter()
     # val_accuracy of the last epoch is already in the run's history at step=epochs; log it once
     final = {k: v for k, v in metrics.items() if not (k == "val_accuracy" and outcome.history)}
-    model_uri = tracker.finish_generation(run_id, final, model, outcome.checkpoint, step=gen.train.epochs)
+    model_uri = tracker.finish_generation(run_id, final, model, outcome.checkpoint)
     t_track += time.perf_counter() - t0
     (out / "run_id").unlink(missing_ok=True)
     return GenerationResult(index=index, name=gen.name, summary=outcome.arch_summary, run_id=run_id,
@@ -131,10 +134,25 @@ def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, 
     return run_id
 
 
-@flow(name="distill-chain", log_prints=False)
+def chain_run_name() -> str:
+    """The flow run's name in the Prefect UI: `digits-chain · seed 0` (`· retrain` when retraining), not a random
+    `discreet-walrus`."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    try:
+        config = params["config"]
+        spec = config if isinstance(config, ChainSpec) else load_spec(config, params.get("overrides") or [])
+    except Exception:  # a bad config fails in the flow body with its own message
+        return "distill-chain"
+    return " · ".join(p for p in (spec.name, f"seed {spec.seed}", params.get("marker")) if p)
+
+
+@flow(name="distill-chain", log_prints=False, flow_run_name=chain_run_name)
 def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
-                  fresh: bool = False) -> ChainResult:
-    """Teacher -> A -> B -> ...: each generation a cached task run and an MLflow run under one chain run."""
+                  fresh: bool = False, marker: str = "") -> ChainResult:
+    """Teacher -> A -> B -> ...: each generation a cached task run and an MLflow run under one chain run.
+    `marker` (e.g. "retrain") names why the chain ran, in the MLflow chain run's and the flow run's names."""
     started = time.time()
     logger = get_run_logger()
     spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
@@ -144,11 +162,12 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     tracker = Tracker(uri, spec.experiment_name())
     chain_run_id, resumed = tracker.chain_run(spec, chain_digest(spec), yaml.safe_dump(spec.model_dump(mode="json"),
                                                                                          sort_keys=False),
-                                              fresh=fresh)
+                                              fresh=fresh, marker=marker)
     killed = tracker.end_stale_runs(chain_run_id)
     if killed:
         logger.info("ended %d generation run(s) a killed process left running", killed)
     storage = (Path(spec.workdir) / "prefect-results").resolve()  # persisted task results = the cache
+    host = ui_base(uri, spec.tracking.ui_url)
 
     results: list[GenerationResult] = []
     reused: list[str] = []
@@ -189,6 +208,8 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                                       f"{len(searched.trials)}")
             results.append(result)
             teacher = result
+            logger.info("%s%s: %s · %s (MLflow run %s)", result.name, " (reused)" if state.name == "Cached" else "",
+                        figures(result.metrics), result.summary, tracker.run_url(result.run_id, host))
     except BaseException as e:
         with contextlib.suppress(Exception):  # a store that cannot be written must not hide the first error
             tracker.finish_chain(chain_run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -197,15 +218,16 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
             raise Diverged(f"generation {gen.name} ({where}): {e}") from None
         raise
 
-    registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id)
-    host = ui_base(uri, spec.tracking.ui_url)
+    registered = tracker.register(results[-1].model_uri, spec.registered_name(), chain_run_id, results[-1].run_id,
+                                  host)
     tracker.log_chain_report(chain_run_id, spec.name, host)
     _table_artifact(spec, results, tracker, chain_run_id, host)
-    tracker.finish_chain(chain_run_id, metrics={f"{r.name}.test_accuracy": r.metrics["test_accuracy"]
-                                                for r in results})
+    tracker.finish_chain(chain_run_id, by_generation=[r.metrics for r in results])
+    logger.info("chain %s: registered %s version %s (MLflow chain run %s)", spec.name, spec.registered_name(),
+                registered, tracker.run_url(chain_run_id, host))
     return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
                        generations=results, reused=reused, registered=f"{spec.registered_name()}/{registered}",
-                       flow_started=started, seconds=time.time() - started)
+                       flow_started=started, seconds=time.time() - started, flow_run_id=str(prefect_flow_run.id))
 
 
 def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker, chain_run_id: str,

@@ -81,7 +81,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
     name = spec.registered_name()
     # a failure anywhere in the chain raises here: no alias has been touched
-    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh)
+    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh, marker="retrain")
     final = chain.generations[-1]
     version = chain.registered.rsplit("/", 1)[1]
 

@@ -18,6 +18,8 @@ from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
 from kdchain.spec import ChainSpec, flatten
+from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
+                                     version_description)
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, FINAL_KEYS, GENERATION,
                                     GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TEACHER_RUN,
@@ -80,8 +82,10 @@ class Tracker(ChainReport):
 
     # ------------------------------------------------------------------------------------------ chain run
 
-    def chain_run(self, spec: ChainSpec, digest: str, spec_yaml: str, fresh: bool = False) -> tuple[str, bool]:
-        """(run id, resumed): the chain run of this exact spec if one exists (unless `fresh`), else a new one."""
+    def chain_run(self, spec: ChainSpec, digest: str, spec_yaml: str, fresh: bool = False,
+                  marker: str = "") -> tuple[str, bool]:
+        """(run id, resumed): the chain run of this exact spec if one exists (unless `fresh`), else a new one.
+        `marker` (e.g. "retrain") goes into the run's name."""
         runs = [] if fresh else self.client.search_runs(
             [self.experiment_id], f"tags.`{KIND}` = 'chain' and tags.`{CHAIN_DIGEST}` = '{digest}'",
             order_by=["attributes.start_time DESC"], max_results=1)
@@ -89,7 +93,8 @@ class Tracker(ChainReport):
             run_id = runs[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
-        name = f"{spec.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        name = chain_name(spec.name, spec.seed, digest, f"{datetime.now():%m-%d %H:%M}",
+                                 marker or ("fresh" if fresh else ""))
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={KIND: "chain", CHAIN_DIGEST: digest, "kdchain.chain": spec.name,
                                            "mlflow.note.content": f"kdchain chain {spec.name}: teacher → "
@@ -124,11 +129,15 @@ class Tracker(ChainReport):
         runs = self._finished_children(parent_id, f" and tags.`{CACHE_KEY}` = '{cache_key}'")
         return runs[0].info.run_id if runs else None
 
-    def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
-        if metrics:
+    def finish_chain(self, run_id: str, status: str = "FINISHED", by_generation: list[dict] | None = None) -> None:
+        """`by_generation`: each generation's final metrics, teacher first. They go on the chain run with step =
+        generation index, so its charts read as a line from teacher to the last student."""
+        if by_generation:
             ts = now_ms()
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                                  synchronous=True)
+            metrics = [Metric(k, round(float(m[k]), 6), ts, step) for step, m in enumerate(by_generation)
+                       for k in ("test_accuracy", "params", "latency_ms", "retention") if m.get(k) is not None]
+            for chunk in chunks(metrics, 500):
+                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
         self.client.set_terminated(run_id, status=status)
 
     # ------------------------------------------------------------------------------------------ generation runs
@@ -177,20 +186,26 @@ class Tracker(ChainReport):
         return [r for r in runs if SUPERSEDED not in r.data.tags]
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
-                          checkpoint: str, step: int = 0) -> str:
-        """Final metrics, the model (loads back as its class), the checkpoint; returns the logged model's URI."""
+                          checkpoint: str) -> str:
+        """The model (loads back as its class), the checkpoint, the final metrics; returns the logged model's URI.
+        The metrics are logged at step 0 (MLflow charts a metric with no later step as bars, not against epochs)
+        and linked to the logged model (the experiment's Models tab lists it with them); the run is renamed to
+        carry its key figures."""
         mlflow.flush_async_logging()
-        ts = now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              synchronous=True)
+        generation = self.client.get_run(run_id).data.tags.get(GENERATION_NAME, "model")
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
-            info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+            safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in generation)
+            info = mlflow.pytorch.log_model(model, name=safe, serialization_format="pickle",
                                             pip_requirements=_pip_requirements(),
                                             code_paths=[str(Path(kdchain.__file__).parent)])
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
             if onnx.is_file():
                 mlflow.log_artifact(str(onnx), "onnx")
+        ts = now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0, model_id=info.model_id)
+                                               for k, v in metrics.items()], synchronous=True)
+        self.client.update_run(run_id, name=generation_name(generation, metrics))
         self.client.set_terminated(run_id, status="FINISHED")
         return info.model_uri
 
@@ -200,15 +215,21 @@ class Tracker(ChainReport):
             self.client.set_tag(run_id, "kdchain.error", message[:5000])
             self.client.set_terminated(run_id, status="FAILED")
 
-    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str) -> str:
+    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str, host: str = DEFAULT_UI) -> str:
         """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
-        (MLflow reserves the alias `latest` for exactly that)."""
+        (MLflow reserves the alias `latest` for exactly that). The version's description names the generation and
+        its figures and links its runs; its metrics are those of the logged model it was registered from."""
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
                 return max(existing, key=lambda v: int(v.version)).version
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
             version = mlflow.register_model(model_uri, name, tags={"kdchain.chain_run_id": chain_run_id})
+        run, chain = self.client.get_run(run_id), self.client.get_run(chain_run_id)
+        self.client.set_tag(chain_run_id, REGISTERED_MODEL, name)
+        self.client.update_model_version(name, version.version, description=version_description(
+            run.data.tags.get(GENERATION_NAME, "?"), chain.info.run_name, run.data.metrics,
+            self.run_url(run_id, host), self.run_url(chain_run_id, host)))
         return version.version
 
     # ------------------------------------------------------------------------------------------ searches
@@ -299,11 +320,11 @@ class Tracker(ChainReport):
         return run.info.experiment_id == self.experiment_id and run.data.tags.get(KIND) == "chain"
 
     def run_url(self, run_id: str, host: str = DEFAULT_UI) -> str:
-        return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return run_url(host, self.experiment_id, run_id)
 
-    def experiment_url(self, host: str = DEFAULT_UI) -> str:
-        """The experiment's runs page (not its GenAI overview)."""
-        return f"{host}/#/experiments/{self.experiment_id}/runs"
+    def experiment_url(self, host: str = DEFAULT_UI, tab: str = "runs", query: str = "") -> str:
+        """A tab of the experiment in the model-training workspace (not its GenAI overview)."""
+        return experiment_url(host, self.experiment_id, tab, query)
 
 
 def open_tracker(uri: str, experiment: str) -> Tracker | None:
