@@ -109,10 +109,12 @@ class Chromium:
         return text
 
     def close_side_panels(self) -> None:
-        """Close the MLflow Assistant panel (a third of the window, top right) where it opened."""
-        self.evaluate("""[...document.querySelectorAll('button')].filter(b =>
-            /close/i.test(b.getAttribute('aria-label') || '') && b.getBoundingClientRect().left > innerWidth * 0.6
-            && b.getBoundingClientRect().top < 80).forEach(b => b.click())""")
+        """Close the MLflow Assistant panel (a third of the window, top right) and an announcement dialog (the
+        registry's "new Model Registry UI") where they opened: a person closes them once, then sees the page."""
+        self.evaluate("""[...document.querySelectorAll('button')].filter(b => {
+            const r = b.getBoundingClientRect(), label = b.getAttribute('aria-label') || '';
+            return /close/i.test(label) && (b.closest('[role=dialog]') || r.left > innerWidth * 0.6 && r.top < 80);
+          }).forEach(b => b.click())""")
 
     def screenshot(self, path: str | Path) -> Path:
         shot = self.call("Page.captureScreenshot", format="png")

@@ -36,7 +36,7 @@ def kdchain_ui(uri: str, port: int) -> tuple[subprocess.Popen, dict[str, str]]:
     links = {}
     for line in proc.stdout:
         what, _, url = line.strip().partition(": ")
-        if url.startswith("http"):
+        if url.strip().startswith("http"):
             links[what.strip()] = url.strip()
         if what.startswith(("model registry", "(no kdchain")):
             break
@@ -47,7 +47,7 @@ def kdchain_ui(uri: str, port: int) -> tuple[subprocess.Popen, dict[str, str]]:
 
 
 def prefect_flow_run_url() -> str | None:
-    """The latest flow run's page on the Prefect server kdchain would use, if one answers."""
+    """The latest chain flow run's page on the Prefect server kdchain would use, if one answers."""
     from flows import server
 
     server.use_kept()
@@ -56,7 +56,9 @@ def prefect_flow_run_url() -> str | None:
     import httpx
 
     api = os.environ["PREFECT_API_URL"].rstrip("/")
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}, timeout=10).json()
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1,
+                                                         "flows": {"name": {"any_": ["distill-chain"]}}},
+                      timeout=10).json()
     return f"{api.removesuffix('/api')}/runs/flow-run/{runs[0]['id']}" if runs else None
 
 
