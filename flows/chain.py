@@ -227,7 +227,7 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
                 registered, tracker.run_url(chain_run_id, host))
     return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
                        generations=results, reused=reused, registered=f"{spec.registered_name()}/{registered}",
-                       flow_started=started, seconds=time.time() - started, flow_run_id=str(prefect_flow_run.id))
+                       flow_started=started, seconds=time.time() - started, flow_run_id=prefect_flow_run.id)
 
 
 def _table_artifact(spec: ChainSpec, results: list[GenerationResult], tracker: Tracker, chain_run_id: str,

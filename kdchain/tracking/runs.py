@@ -94,7 +94,7 @@ class Tracker(ChainReport):
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
         name = chain_name(spec.name, spec.seed, digest, f"{datetime.now():%m-%d %H:%M}",
-                                 marker or ("fresh" if fresh else ""))
+                          marker or ("fresh" if fresh else ""))
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={KIND: "chain", CHAIN_DIGEST: digest, "kdchain.chain": spec.name,
                                            "mlflow.note.content": f"kdchain chain {spec.name}: teacher → "
