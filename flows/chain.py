@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as prefect_flow_run
 from pydantic import BaseModel
 
 from flows import progress, signals
@@ -39,6 +40,7 @@ from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
 from kdchain.tracking.reuse import (CHECKPOINT, CHECKPOINT_DIGEST, MODEL_URI, REUSED_FROM, final_metrics,
                                     finished_with_key, missing_at_step, record_reuse, run_parent,
                                     run_status)
+from kdchain.tracking.labels import figures, rounded
 
 
 class GenerationResult(BaseModel):
@@ -64,6 +66,7 @@ class ChainResult(BaseModel):
     reused: list[str]  # names of the generations reused, not trained
     registered: str | None = None  # "name/version"
     flow_started: float = 0.0  # time.time() when the flow body began (start-up cost = this - the caller's start)
+    flow_run_id: str | None = None  # the Prefect flow run (its page: <UI>/runs/flow-run/<id>)
     seconds: float = 0.0
 
 
@@ -121,14 +124,16 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         tracker.warn(run_id, outcome.export_warning)
         progress.note(f"{gen.name}: warning: {outcome.export_warning}")
     tracker.tag_run(run_id, outcome.tags)
-    metrics = dict(outcome.metrics)
-    metrics["retention"] = metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0
+    metrics = {k: rounded(v) for k, v in outcome.metrics.items()}  # as the UI prints them: 0.9972, not 0.99722224
+    metrics["retention"] = rounded(metrics["test_accuracy"] / teacher_accuracy if teacher_accuracy else 1.0)
     t0 = time.perf_counter()
-    # each metric once at step=epochs (the last epoch's val_accuracy is already there), also on a rerun
-    final = missing_at_step(tracker.client, run_id, metrics, gen.train.epochs)
+    # each final metric once at step 0 (charts show them as bars, not against epochs), also on a rerun; the last
+    # epoch's val_accuracy is already in the run's history at step=epochs
+    final = missing_at_step(tracker.client, run_id, {k: v for k, v in metrics.items()
+                                                      if not (k == "val_accuracy" and outcome.history)}, 0)
     checkpoint = Path(outcome.checkpoint).resolve()
     digest = file_digest(checkpoint)
-    model_uri = tracker.finish_generation(run_id, final, model, str(checkpoint), step=gen.train.epochs,
+    model_uri = tracker.finish_generation(run_id, final, model, str(checkpoint),
                                           tags={CHECKPOINT: str(checkpoint), CHECKPOINT_DIGEST: digest})
     t_track += time.perf_counter() - t0
     _test_kill_point(gen.name, "recorded")
@@ -213,12 +218,27 @@ def _generation_run(tracker: Tracker, spec: ChainSpec, gen: ResolvedGeneration, 
     return run_id
 
 
-@flow(name="distill-chain", log_prints=False)
+def chain_run_name() -> str:
+    """The flow run's name in the Prefect UI: `digits-chain · seed 0` (`· retrain` when retraining), not a random
+    `discreet-walrus`."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    try:
+        config = params["config"]
+        spec = config if isinstance(config, ChainSpec) else load_spec(config, params.get("overrides") or [])
+    except Exception:  # a bad config fails in the flow body with its own message
+        return "distill-chain"
+    return " · ".join(p for p in (spec.name, f"seed {spec.seed}", params.get("marker")) if p)
+
+
+@flow(name="distill-chain", log_prints=False, flow_run_name=chain_run_name)
 def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
-                  fresh: bool | str = False) -> ChainResult:
+                  fresh: bool | str = False, marker: str = "") -> ChainResult:
     """Teacher -> A -> B -> ...: each generation a task run and an MLflow run under one chain run; a generation
     finished under the same key in any chain run of the store is reused. `fresh`: True (or "teacher") retrains
-    every generation, a generation's name retrains it and every later one; either starts a new chain run."""
+    every generation, a generation's name retrains it and every later one; either starts a new chain run.
+    `marker` (e.g. "retrain") names why the chain ran, in the MLflow chain run's and the flow run's names."""
     started = time.time()
     signals.claim_sigterm()  # under `kdchain run`: SIGTERM ends the runs like Ctrl-C (flows/signals.py)
     logger = get_run_logger()
@@ -235,7 +255,7 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
 
     # one process per chain (config, workdir, store): a second one never writes into the first one's runs
     with held(chain_lock_path(locks, chain_digest(spec)), f"chain {spec.name}", waiting):
-        return _run_chain(spec, gens, uri, fresh_from, locks, started, logger)
+        return _run_chain(spec, gens, uri, fresh_from, locks, started, logger, marker)
 
 
 def fresh_index(spec: ChainSpec, fresh: bool | str) -> int | None:
@@ -257,14 +277,15 @@ def _say(logger, text: str) -> None:
 
 
 def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_from: int | None, locks: Path,
-               started: float, logger) -> ChainResult:
+               started: float, logger, marker: str = "") -> ChainResult:
     tracker = Tracker(uri, spec.experiment_name())
     chain_run_id, resumed = tracker.chain_run(spec, chain_digest(spec), yaml.safe_dump(spec.model_dump(mode="json"),
                                                                                          sort_keys=False),
-                                              fresh=fresh_from is not None)
+                                              fresh=fresh_from is not None, marker=marker)
     killed = tracker.end_stale_runs(chain_run_id)
     if killed:
         logger.info("ended %d generation run(s) a killed process left running", killed)
+    host = ui_base(uri, spec.tracking.ui_url)
 
     results: list[GenerationResult] = []
     reused: list[str] = []
@@ -291,6 +312,8 @@ def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_
                                       f"{len(searched.trials)}")
             results.append(result)
             teacher = result
+            logger.info("%s%s: %s · %s (MLflow run %s)", result.name, " (reused)" if result.reused_from else "",
+                        figures(result.metrics), result.summary, tracker.run_url(result.run_id, host))
     except BaseException as e:
         with contextlib.suppress(Exception):  # a store that cannot be written must not hide the first error
             if interrupted(e):  # whatever the interruption stopped mid-way is ended KILLED too
@@ -304,15 +327,15 @@ def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_
     # a reused final student is registered once: the version is looked up by the run that trained it
     final = results[-1]
     registered = tracker.register(final.model_uri, spec.registered_name(), chain_run_id,
-                                  final.reused_from or final.run_id)
-    host = ui_base(uri, spec.tracking.ui_url)
+                                  final.reused_from or final.run_id, host)
     tracker.log_chain_report(chain_run_id, spec.name, host)
     _table_artifact(spec, results, tracker, chain_run_id, host)
-    tracker.finish_chain(chain_run_id, metrics={f"{r.name}.test_accuracy": r.metrics["test_accuracy"]
-                                                for r in results})
+    tracker.finish_chain(chain_run_id, by_generation=[r.metrics for r in results])
+    logger.info("chain %s: registered %s version %s (MLflow chain run %s)", spec.name, spec.registered_name(),
+                registered, tracker.run_url(chain_run_id, host))
     return ChainResult(chain_run_id=chain_run_id, experiment_id=tracker.experiment_id, tracking_uri=uri,
                        generations=results, reused=reused, registered=f"{spec.registered_name()}/{registered}",
-                       flow_started=started, seconds=time.time() - started)
+                       flow_started=started, seconds=time.time() - started, flow_run_id=prefect_flow_run.id)
 
 
 def _generation(spec: ChainSpec, gen: ResolvedGeneration, results: list[GenerationResult], tracker: Tracker,

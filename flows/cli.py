@@ -12,8 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-# before prefect is imported: quiet its INFO logs (our own progress says what happens) and its analytics
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# before prefect is imported: quiet its analytics and its server's logs. Flow and task runs log at INFO, so the
+# Prefect UI's Logs tab shows our per-generation records; the terminal is kept quiet by _quiet_console instead.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 # MLflow retries a failed request 7 times with backoff (about 4 minutes) after 120 s timeouts; a tracking server
@@ -142,6 +142,28 @@ def _not_a_run_failure(record) -> bool:
                                                                   "prefect.task_engine", "prefect.flow_engine")))
 
 
+def _quiet_console() -> None:
+    """Prefect's console handler shows warnings only (our progress bars say what happens; the Prefect API still
+    receives every INFO record), and no traceback of a failed task or flow: the command reports it in one line."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # registration notices, the pickle-format caution
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.setLevel(max(handler.level, logging.WARNING))
+            handler.addFilter(_not_a_run_failure)
+
+
+def _flow_run_link(which_server: str, flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI, where a server outlives this command."""
+    if which_server == "temporary" or not flow_run_id:
+        return None
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
 def cmd_run(args) -> int:
     from flows import server
 
@@ -157,17 +179,9 @@ def cmd_run(args) -> int:
     from flows.chain import fresh_index
 
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
-    import logging
-
     from flows.chain import distill_chain
 
-    # MLflow's INFO/WARNING chatter (registration notices, the pickle-format caution) would break the progress bars
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    # Prefect prints a failed task's or flow's traceback on the console; this command reports the failure in one
-    # line instead (the Prefect API still receives the full log)
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.addFilter(_not_a_run_failure)
+    _quiet_console()
     from kdchain.tracking import StoreError
 
     from kdchain.tracking import prepare_store, resolve_uri
@@ -202,6 +216,9 @@ def cmd_run(args) -> int:
                            f"chain run {result.chain_run_id}")
     progress.console.print(f"registered models:/{spec.registered_name()}@latest "
                            f"(version {result.registered.rsplit('/', 1)[1]}); `kdchain ui` opens the MLflow UI")
+    link = _flow_run_link(which_server, result.flow_run_id)
+    if link:
+        progress.console.print(f"Prefect flow run: {link}", soft_wrap=True)
     waited = server.temporary_startup_seconds()
     if which_server == "temporary" and waited and waited > 3:
         progress.console.print(f"Prefect's temporary server took {waited:.0f} s to start; `kdchain server start` "
@@ -217,11 +234,9 @@ def cmd_retrain(args) -> int:
     problems = _machine_problems(spec, args)
     if problems:
         return _fail(problems)
-    import logging
-
     from flows.retrain import retrain
 
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    _quiet_console()
     progress.console.print(f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting Prefect)")
     server.ready()
     progress.enable()

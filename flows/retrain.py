@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.chain import ChainResult, distill_chain
+from flows.chain import ChainResult, chain_run_name, distill_chain
 from kdchain import tracking
 from kdchain.chain import score_checkpoint
 from kdchain.data import data_fingerprint
@@ -67,7 +67,11 @@ def apply_decision(spec: ChainSpec, uri: str, name: str, new: Candidate, champio
     return decision, after[0] if after else None
 
 
-@flow(name="retrain", log_prints=False)
+def _retrain_run_name() -> str:
+    return f"retrain · {chain_run_name()}"  # `retrain · digits-chain · seed 0` in the Prefect UI
+
+
+@flow(name="retrain", log_prints=False, flow_run_name=_retrain_run_name)
 def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
             fresh: bool = True) -> RetrainResult:
     """Retrain the chain, score newcomer vs champion on today's test split, promote or mark challenger.
@@ -81,7 +85,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
     name = spec.registered_name()
     # a failure anywhere in the chain raises here: no alias has been touched
-    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh)
+    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh, marker="retrain")
     final = chain.generations[-1]
     version = chain.registered.rsplit("/", 1)[1]
 

@@ -65,7 +65,9 @@ def start_background(port: int) -> str:
     if _healthy(api_url, timeout=1.0):
         raise RuntimeError(f"port {port} already serves a Prefect API that kdchain did not start; set "
                            f"PREFECT_API_URL={api_url} to use it, or pick another --port")
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI's own API URL: Prefect derives it from PREFECT_SERVER_API_PORT (4200), not from --port, so a UI on
+    # another port would call 127.0.0.1:4200/api ("Can't connect to Server API")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_API_URL": api_url}
     proc = subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--background", "--host", "127.0.0.1",
                            "--port", str(port)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:

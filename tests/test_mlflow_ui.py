@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from scripts.headless import Chromium, chromium_path
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -40,18 +41,13 @@ def server(chain):
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        lines = [proc.stdout.readline() for _ in range(4)]  # the banner, then one line per link
-        deadline = time.time() + 150
-        while True:
-            assert proc.poll() is None, "kdchain ui exited early"
-            try:
+        lines = [proc.stdout.readline()]  # "starting the MLflow UI ..."
+        while not lines[-1].lstrip().startswith(("model registry:", "(no kdchain")):
+            lines.append(proc.stdout.readline())
+            assert lines[-1], f"kdchain ui exited before printing its links: {lines}"
+            if len(lines) == 3:  # the links come only once the server answers: the first click must work
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.read() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "mlflow server did not answer /health"
-            time.sleep(0.5)
+                    assert r.read() == b"OK"
         yield base, lines
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the CLI and the mlflow server it started
@@ -86,19 +82,33 @@ def test_the_mlflow_server_shows_the_chain(chain, server):
     assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it as model training
     exp_id = exp["experiment_id"]
 
-    # the deep links `kdchain ui` printed: the runs page (not the GenAI overview) and the latest chain run
+    # the deep links `kdchain ui` printed, all in the model-training workspace (not the GenAI one): the chain's
+    # generations (a saved view), the chain run, the runs page, the logged models, the registered model
     text = "".join(lines)
-    assert f"{base}/#/experiments/{exp_id}/runs\n" in text
-    assert f"{base}/#/experiments/{exp_id}/runs/{result.chain_run_id}" in text
+    ws = "workflowType=machine_learning"
+    assert f"{base}/#/experiments/{exp_id}/runs?{ws}&viewStateShareKey=kdchain-generations\n" in text
+    assert f"{base}/#/experiments/{exp_id}/runs/{result.chain_run_id}?{ws}\n" in text
+    assert f"{base}/#/experiments/{exp_id}/models?{ws}\n" in text
+    assert f"{base}/#/models/tiny-student?{ws}\n" in text
+    assert all(ws in line for line in lines if "http" in line and "/#/" in line)
 
     runs = _api(base, "runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
     by_id = {r["info"]["run_id"]: r for r in runs}
     chain_run = by_id[result.chain_run_id]
-    assert re.fullmatch(r"tiny \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", chain_run["info"]["run_name"])
+    # config name, seed, spec digest, start time: two runs of one config tell apart
+    assert re.fullmatch(r"tiny · seed 0 · [0-9a-f]{7} · \d\d-\d\d \d\d:\d\d", chain_run["info"]["run_name"])
+    chain_tags = {t["key"]: t["value"] for t in chain_run["data"]["tags"]}
+    assert re.match(r"\*\*tiny\*\*: teacher \*\*\d+\.\d%\*\* → A \*\*", chain_tags["mlflow.note.content"])
+    # the chain run's metrics by generation (step = index), as the UI prints them (4 significant digits)
+    history = _api(base, "metrics/get-history", run_id=result.chain_run_id, metric_key="test_accuracy")["metrics"]
+    assert [(m["step"], m["value"]) for m in history] == [
+        (i, round(g.metrics["test_accuracy"], 6)) for i, g in enumerate(result.generations)]
 
     gens = {r["info"]["run_name"]: r for r in runs if r["info"]["run_id"] != result.chain_run_id}
-    assert sorted(gens) == sorted(f"tiny · {n}" for n in ("teacher", "A", "B", "C"))
+    assert sorted(n.split(" · ")[0] for n in gens) == sorted(("teacher", "A", "B", "C"))
     for name, run in gens.items():
+        acc = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "test_accuracy")
+        assert re.fullmatch(rf"\w+ · {acc:.1%} · [\d.]+k? params · [\d.]+ ms", name)
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"] for m in run["data"]["metrics"]}
@@ -119,9 +129,16 @@ def test_the_mlflow_server_shows_the_chain(chain, server):
     table = json.loads(_get(base, "/get-artifact", path="generations.json", run_uuid=result.chain_run_id))
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert [r["generation"] for r in rows] == ["teacher", "A", "B", "C"]
-    assert all(r["mlflow_run"].endswith(f"/#/experiments/{exp_id}/runs/{r['run_id']}") for r in rows)
+    assert all(r["mlflow_run"].endswith(f"/#/experiments/{exp_id}/runs/{r['run_id']}?workflowType=machine_learning")
+               for r in rows)
     md = _get(base, "/get-artifact", path="generations.md", run_uuid=result.chain_run_id).decode()
-    assert re.search(r"\| \[A\]\(http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\) \| cnn 8-16 \|", md)
+    assert re.search(r"\| \[A\]\(http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType="
+                     r"machine_learning\) \| cnn 8-16 \|", md)
+
+    # the registered version says which generation it is, with its figures and links back
+    version = _api(base, "model-versions/get", name="tiny-student", version="1")["model_version"]
+    assert re.match(r"C · \d+\.\d% · [\d.]+k? params · [\d.]+ ms — generation C of chain run tiny · seed 0",
+                    version["description"])
 
 
 def test_prefect_artifacts_link_to_mlflow(chain):
@@ -130,9 +147,10 @@ def test_prefect_artifacts_link_to_mlflow(chain):
     result, _ = chain
     md = Artifact.get("tiny-generations-md")
     for g in result.generations:
-        assert f"[{g.name}](http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{g.run_id})" in md.data
+        assert (f"[{g.name}](http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{g.run_id}"
+                "?workflowType=machine_learning)") in md.data
     link = Artifact.get("tiny-mlflow")  # Prefect stores a link artifact as markdown: [text](url)
-    assert f"(http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs)" in link.data
+    assert f"(http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning)" in link.data
 
 
 def test_compare_one_run_all_runs_json_csv(chain, capsys):
@@ -164,3 +182,21 @@ def test_compare_one_run_all_runs_json_csv(chain, capsys):
     assert "no such run" in capsys.readouterr().err
     assert main(["compare", "--tracking-uri", uri, "--run", result.generations[1].run_id]) == 2
     assert "is not a chain run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (apt-get install chromium) to load the UI")
+def test_the_printed_generations_link_shows_them_at_first_sight(chain, server):
+    """What a person sees on opening the link `kdchain ui` prints, in headless Chromium, without a click: the
+    model-training workspace, and every generation's name with its test accuracy inside the first screen."""
+    result, _ = chain
+    base, lines = server
+    link = next(line.split()[-1] for line in lines if line.lstrip().startswith("its generations:"))
+    expected = [f"{g.name} · {g.metrics['test_accuracy']:.1%}" for g in result.generations]
+    with Chromium(1600, 1000) as page:
+        page.goto(link)
+        shown = page.wait_for(expected + ["test_accuracy"], timeout=120, first_screen=True)
+        assert all(e in shown for e in expected), f"not on the first screen: {expected} in {shown!r}"
+        # the figures as columns too: each generation's accuracy as a number (4 significant digits)
+        assert all(f"{g.metrics['test_accuracy']:.4g}".rstrip("0") in shown for g in result.generations), shown
+        sidebar = page.evaluate("[...document.querySelectorAll('nav, aside')].map(e => e.innerText).join(' ')")
+        assert "Runs" in sidebar and "Judges" not in sidebar, "the GenAI workspace opened instead of model training"

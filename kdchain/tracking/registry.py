@@ -44,12 +44,23 @@ def move_alias(uri: str, name: str, alias: str, version: str, expected: str | No
         current_version = current[0] if current is not None else None
         if current_version != expected:
             raise AliasMoved(f"{alias} of {name} is version {current_version}, not {expected} as compared against")
-        client.set_registered_model_alias(name, alias, version)
+        _point(client, name, alias, version)
 
 
 def set_alias(uri: str, name: str, alias: str, version: str, lock_dir: Path) -> None:
     with _alias_lock(uri, name, lock_dir):
-        MlflowClient(uri).set_registered_model_alias(name, alias, version)
+        _point(MlflowClient(uri), name, alias, version)
+
+
+def _point(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    """Set the alias; the champion is also written as a tag of the registered model: the models list shows only
+    one alias per model (`@challenger: Version 5 +1` hides the champion) but shows every tag."""
+    client.set_registered_model_alias(name, alias, version)
+    if alias == CHAMPION:
+        run_id = client.get_model_version(name, version).run_id
+        accuracy = client.get_run(run_id).data.metrics.get("test_accuracy") if run_id else None
+        shown = f"version {version}" + (f" · {accuracy:.1%}" if accuracy is not None else "")
+        client.set_registered_model_tag(name, CHAMPION, shown)
 
 
 def record_decision(uri: str, chain_run_id: str, name: str, version: str, tags: dict[str, str],

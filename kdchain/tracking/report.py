@@ -5,7 +5,8 @@ Mixed into Tracker, whose client and run layout it reads."""
 import contextlib
 
 from kdchain.measure import plots
-from kdchain.tracking.store import DEFAULT_UI, TABLE_KEYS
+from kdchain.tracking.labels import GENERATIONS_VIEW, RUNS_VIEW, VIEW_TAG, chain_description, runs_view
+from kdchain.tracking.store import DEFAULT_UI, TABLE_KEYS, now_ms
 
 PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots/accuracy_vs_latency.png",
                                           "plots/val_accuracy_per_epoch.png")
@@ -56,4 +57,18 @@ class ChainReport:
         self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
             md, [("generation", "generation"), ("architecture", "architecture")] +
             [(k, k) for k in TABLE_KEYS if any(k in t for t in table)]), TABLE_MD)
+        # the run's description, the first thing its page shows: the generations with accuracy in percent
+        self.client.set_tag(chain_run_id, "mlflow.note.content", chain_description(
+            chain_name, rows, {r["run_id"]: self.run_url(r["run_id"], host) for r in rows}))
+        self.save_views(chain_run_id)
         return rows
+
+    def save_views(self, chain_run_id: str) -> None:
+        """The runs page as MLflow's saved views (experiment tags), so that a link opens it with the figures as
+        columns: this chain's generations, best test accuracy first, and every run of the experiment."""
+        ts = now_ms()
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + GENERATIONS_VIEW, runs_view(
+            "kdchain: generations of the latest chain", ts, f"tags.mlflow.parentRunId = '{chain_run_id}'",
+            "metrics.`test_accuracy`"))
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + RUNS_VIEW,
+                                       runs_view("kdchain: runs with their figures", ts))

@@ -19,6 +19,8 @@ from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
 from kdchain.spec import ChainSpec, flatten
+from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
+                                     version_description)
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
 from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION,
@@ -89,8 +91,10 @@ class Tracker(ChainReport):
 
     # ------------------------------------------------------------------------------------------ chain run
 
-    def chain_run(self, spec: ChainSpec, digest: str, spec_yaml: str, fresh: bool = False) -> tuple[str, bool]:
-        """(run id, resumed): the chain run of this exact spec if one exists (unless `fresh`), else a new one."""
+    def chain_run(self, spec: ChainSpec, digest: str, spec_yaml: str, fresh: bool = False,
+                  marker: str = "") -> tuple[str, bool]:
+        """(run id, resumed): the chain run of this exact spec if one exists (unless `fresh`), else a new one.
+        `marker` (e.g. "retrain") goes into the run's name."""
         runs = [] if fresh else self.client.search_runs(
             [self.experiment_id], f"tags.`{KIND}` = 'chain' and tags.`{CHAIN_DIGEST}` = '{digest}'",
             order_by=["attributes.start_time DESC"], max_results=1)
@@ -98,7 +102,8 @@ class Tracker(ChainReport):
             run_id = runs[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
-        name = f"{spec.name} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        name = chain_name(spec.name, spec.seed, digest, f"{datetime.now():%m-%d %H:%M}",
+                          marker or ("fresh" if fresh else ""))
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={KIND: "chain", CHAIN_DIGEST: digest, "kdchain.chain": spec.name,
                                            "mlflow.note.content": f"kdchain chain {spec.name}: teacher → "
@@ -129,11 +134,15 @@ class Tracker(ChainReport):
         self.client.update_run(run_id, status="RUNNING")
         return True
 
-    def finish_chain(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
-        if metrics:
+    def finish_chain(self, run_id: str, status: str = "FINISHED", by_generation: list[dict] | None = None) -> None:
+        """`by_generation`: each generation's final metrics, teacher first. They go on the chain run with step =
+        generation index, so its charts read as a line from teacher to the last student."""
+        if by_generation:
             ts = now_ms()
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                                  synchronous=True)
+            metrics = [Metric(k, round(float(m[k]), 6), ts, step) for step, m in enumerate(by_generation)
+                       for k in ("test_accuracy", "params", "latency_ms", "retention") if m.get(k) is not None]
+            for chunk in chunks(metrics, 500):
+                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
         self.client.set_terminated(run_id, status=status)
 
     # ------------------------------------------------------------------------------------------ generation runs
@@ -182,30 +191,38 @@ class Tracker(ChainReport):
         return [r for r in runs if SUPERSEDED not in r.data.tags]
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
-                          checkpoint: str, step: int = 0, tags: dict[str, str] | None = None) -> str:
-        """Final metrics, the model (loads back as its class), the checkpoint, `tags`; returns the logged model's URI.
-        Idempotent, for a rerun after a kill before FINISHED: a model the run already logged is not logged again.
-        The model's `class_names` (kdchain.chain sets them) go into the logged model's metadata and the run's tag
-        kdchain.class_names (a JSON list), from which register() copies them to the model version."""
+                          checkpoint: str, tags: dict[str, str] | None = None) -> str:
+        """The model (loads back as its class), the checkpoint, the final metrics and `tags`; returns the logged
+        model's URI. The metrics are logged at step 0 (MLflow charts a metric with no later step as bars, not
+        against epochs) and linked to the logged model (the experiment's Models tab lists it with them); the run is
+        renamed to carry its key figures. Idempotent, for a rerun after a kill before FINISHED: a model the run
+        already logged is not logged again. The model's `class_names` (kdchain.chain sets them) go into the logged
+        model's metadata and the run's tag kdchain.class_names (a JSON list), which register() copies to the
+        model version."""
         mlflow.flush_async_logging()
-        ts = now_ms()
+        generation = self.client.get_run(run_id).data.tags.get(GENERATION_NAME, "model")
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in generation)
         names = getattr(model, "class_names", None)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-                              tags=[RunTag(k, v) for k, v in (tags or {}).items()]
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in (tags or {}).items()]
                               + ([RunTag(CLASS_NAMES, json.dumps(names))] if names else []), synchronous=True)
         logged = [m for m in self.client.search_logged_models([self.experiment_id],
-                                                               f"source_run_id = '{run_id}' AND name = 'model'")
+                                                               f"source_run_id = '{run_id}' AND name = '{safe}'")
                   if str(m.status).endswith("READY")]
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
-            model_uri = logged[0].model_uri if logged else mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle", pip_requirements=_pip_requirements(),
+            info = logged[0] if logged else mlflow.pytorch.log_model(
+                model, name=safe, serialization_format="pickle", pip_requirements=_pip_requirements(),
                 metadata={"class_names": names} if names else None,
-                code_paths=[str(Path(kdchain.__file__).parent)]).model_uri
+                code_paths=[str(Path(kdchain.__file__).parent)])
             mlflow.log_artifact(checkpoint, "checkpoint")
             onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
             for path in (onnx, onnx.with_suffix(".int8.onnx")):  # fp32, and int8 with deploy.quantize
                 if path.is_file():
                     mlflow.log_artifact(str(path), "onnx")
+        model_uri = info.model_uri
+        ts = now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0, model_id=info.model_id)
+                                               for k, v in metrics.items()], synchronous=True)
+        self.client.update_run(run_id, name=generation_name(generation, self.client.get_run(run_id).data.metrics))
         self.client.set_tag(run_id, MODEL_URI, model_uri)  # before FINISHED: a finished run always names its model
         self.client.set_terminated(run_id, status="FINISHED")
         return model_uri
@@ -229,9 +246,10 @@ class Tracker(ChainReport):
             self.client.set_tag(run_id, "kdchain.error", message[:5000])
             self.client.set_terminated(run_id, status=status)
 
-    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str) -> str:
+    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str, host: str = DEFAULT_UI) -> str:
         """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
-        (MLflow reserves the alias `latest` for exactly that)."""
+        (MLflow reserves the alias `latest` for exactly that). The version's description names the generation and
+        its figures and links its runs; its metrics are those of the logged model it was registered from."""
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
@@ -242,6 +260,11 @@ class Tracker(ChainReport):
             tags[CLASS_NAMES] = names
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
             version = mlflow.register_model(model_uri, name, tags=tags)
+        run, chain = self.client.get_run(run_id), self.client.get_run(chain_run_id)
+        self.client.set_tag(chain_run_id, REGISTERED_MODEL, name)
+        self.client.update_model_version(name, version.version, description=version_description(
+            run.data.tags.get(GENERATION_NAME, "?"), chain.info.run_name, run.data.metrics,
+            self.run_url(run_id, host), self.run_url(chain_run_id, host)))
         return version.version
 
     # ------------------------------------------------------------------------------------------ searches
@@ -337,11 +360,11 @@ class Tracker(ChainReport):
         return run.info.experiment_id == self.experiment_id and run.data.tags.get(KIND) == "chain"
 
     def run_url(self, run_id: str, host: str = DEFAULT_UI) -> str:
-        return f"{host}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return run_url(host, self.experiment_id, run_id)
 
-    def experiment_url(self, host: str = DEFAULT_UI) -> str:
-        """The experiment's runs page (not its GenAI overview)."""
-        return f"{host}/#/experiments/{self.experiment_id}/runs"
+    def experiment_url(self, host: str = DEFAULT_UI, tab: str = "runs", query: str = "") -> str:
+        """A tab of the experiment in the model-training workspace (not its GenAI overview)."""
+        return experiment_url(host, self.experiment_id, tab, query)
 
 
 def open_tracker(uri: str, experiment: str) -> Tracker | None:
