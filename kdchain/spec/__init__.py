@@ -13,8 +13,8 @@ from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLos
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
 from kdchain.spec.models import (Arch, CnnArch, Derive, DeriveStudent, ResnetArch, StudentSpec, TorchvisionArch,
                                  is_checkpoint_path)
-from kdchain.spec.search import (BestAccuracy, ParetoFront, SearchBudget, SearchObjective, SearchRunner, SearchSpace,
-                                 SearchSpec, SmallestRetaining)
+from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, SearchObjective, SearchRunner,
+                                 SearchSpace, SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
 from kdchain.spec.train import TrainSpec
 
@@ -24,6 +24,6 @@ __all__ = [
     "AtLoss", "CeLoss", "DkdLoss", "FeatureLoss", "FitnetLoss", "KdLoss", "Loss", "RkdLoss",
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
     "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TorchvisionArch", "is_checkpoint_path",
-    "BestAccuracy", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace", "SearchSpec",
-    "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
+    "SearchSpec", "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]
