@@ -145,7 +145,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     else:
         metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
     t2 = time.perf_counter()
-    costs = profile(student, input_shape)
+    costs = profile(student, input_shape, spec.measure.runs, spec.measure.budget_s)
     metrics.update({k: float(v) for k, v in costs.as_dict().items()})
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
@@ -154,7 +154,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     # eager (whose batch-1 latency the profile has just measured)
     test_batch = next(batches(data.test, 256, shuffle=False))[0]
     metrics.update(export_and_measure(student, input_shape, checkpoint.with_suffix(".onnx"), test_batch,
-                                      eager_latency_ms=costs.latency_ms))
+                                      eager_latency_ms=costs.latency_ms, **spec.measure.model_dump()))
     t4 = time.perf_counter()
     (out_dir / "train_state.pt").unlink(missing_ok=True)  # finished: the resume state is no longer needed
     outcome = GenerationOutcome(index, gen.name, describe(gen.arch), str(checkpoint), metrics, result.history,
@@ -186,7 +186,8 @@ def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: P
     metrics = {"test_accuracy": evaluate(model, data.test), "val_accuracy": evaluate(model, data.val),
                "teacher_agreement": 1.0}
     t1 = time.perf_counter()
-    metrics.update({k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()})
+    metrics.update({k: float(v) for k, v in profile(model, data.input_shape, spec.measure.runs,
+                                                    spec.measure.budget_s).as_dict().items()})
     t2 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     save_checkpoint(checkpoint, model, gen.arch, data.input_shape, data.num_classes)

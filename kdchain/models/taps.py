@@ -90,6 +90,8 @@ class Tapped(nn.Module):
 
 def feature_shapes(model: nn.Module, nodes: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Shapes (C, H, W) of the given nodes for one input of `input_shape` (C, H, W)."""
+    if not nodes:
+        return {}
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -13,6 +13,7 @@ from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLos
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
 from kdchain.spec.models import (Arch, CnnArch, Derive, DeriveStudent, ResnetArch, StudentSpec, TorchvisionArch,
                                  is_checkpoint_path)
+from kdchain.spec.measure import MeasureSpec
 from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, SearchObjective, SearchRunner,
                                  SearchSpace, SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
@@ -25,5 +26,5 @@ __all__ = [
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
     "Arch", "CnnArch", "Derive", "DeriveStudent", "ResnetArch", "StudentSpec", "TorchvisionArch", "is_checkpoint_path",
     "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
-    "SearchSpec", "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "SearchSpec", "SmallestRetaining", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]
