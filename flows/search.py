@@ -17,9 +17,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import progress
 from kdchain.resolve import resolve_chain
-from kdchain.search import (Candidate, SearchResult, TrialResult, ask, enqueue_all_if_few, field_of, make_study,
-                            pareto_front, pareto_plot, run_trial, search_key, select_winner, tell, within_budget,
-                            worker_name)
+from kdchain.search import (Candidate, SearchResult, TrialResult, ask, enqueue_all_if_few, field_of, knee_floor,
+                            make_study, pareto_front, pareto_plot, run_trial, search_key, select_winner, tell,
+                            within_budget, worker_name)
 from kdchain.spec import ChainSpec, SearchRunner, SpecError
 from kdchain.tracking import Tracker
 
@@ -35,13 +35,28 @@ def task_runner(runner: SearchRunner, field: str):
             return DaskTaskRunner(address=runner.address)
         # one thread per worker process: one trial at a time each, torch limited to runner.torch_threads
         return DaskTaskRunner(cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1,
-                                              "processes": True, "host": "127.0.0.1", "dashboard_address": None})
+                                              "processes": True, "host": "127.0.0.1", "dashboard_address": None,
+                                              "env": _prefect_env()})
     try:
         from prefect_ray import RayTaskRunner
     except ImportError:
         raise SpecError([f"{field}.runner.kind: ray needs prefect-ray, which is not installed "
                          "(pip install prefect-ray); use threads or dask"]) from None
     return RayTaskRunner(address=runner.address)
+
+
+def _prefect_env() -> dict[str, str]:
+    """What local Dask workers need to reach this run's Prefect API. With no PREFECT_API_URL (no kept server),
+    each new worker process would start a temporary server of its own and time out on a busy machine: hand them
+    the temporary server this process already runs instead."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return {}
+    server = SubprocessASGIServer()  # the one this process's flows talk to (started already; start() is a no-op)
+    server.start()
+    return {"PREFECT_API_URL": server.api_url}
 
 
 @task(name="search-trial", task_run_name="{gen_name}-trial-{number}", cache_policy=NO_CACHE)
@@ -115,7 +130,8 @@ def search_generation(spec: ChainSpec, index: int, teacher_checkpoint: str, teac
                               f"{result.params} -> val {result.val_accuracy:.4f} ({result.state}, {result.worker})")
         number, reason = select_winner(search, results, teacher_val_accuracy)
         result = SearchResult(generation=index, trials=results, winner=number, front=pareto_front(results),
-                              reason=reason, candidates=len(feasible), mlflow_run_id=search_run_id)
+                              reason=reason, candidates=len(feasible), mlflow_run_id=search_run_id,
+                              floor=knee_floor(search, results))
         plot = pareto_plot(result, out / "pareto.png",
                            f"{spec.name} · {gen_spec.name}: {len(results)} trials, winner {number}")
         result.plot = str(plot)

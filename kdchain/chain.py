@@ -179,16 +179,17 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     else:
         metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
     t2 = time.perf_counter()
-    costs = profile(student, input_shape)
+    costs = profile(student, input_shape, spec.measure.runs, spec.measure.budget_s)
     metrics.update({k: float(v) for k, v in costs.as_dict().items()})
     t3 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     student.class_names = list(data.class_names)  # travels with the model: checkpoint, MLflow model, ONNX
     save_checkpoint(checkpoint, student, arch, input_shape, data.num_classes, data.class_names)
-    export_warning = export_checked(student, input_shape, checkpoint.with_suffix(".onnx"),
-                                    next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics)
-    int8 = None if export_warning else quantize_generation(spec, gen, data, checkpoint.with_suffix(".onnx"),
-                                                           metrics["test_accuracy"])
+    onnx_path = checkpoint.with_suffix(".onnx")
+    export_warning = export_checked(student, input_shape, onnx_path, next(batches(data.test, 256, shuffle=False))[0],
+                                    costs.latency_ms, metrics, spec.measure.model_dump())
+    int8 = None if export_warning or not onnx_path.is_file() else quantize_generation(
+        spec, gen, data, onnx_path, metrics["test_accuracy"])
     t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
@@ -208,14 +209,15 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
 
 
 def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Tensor, eager_latency_ms: float,
-                   metrics: dict[str, float]) -> str:
+                   metrics: dict[str, float], measure: dict) -> str:
     """ONNX beside the checkpoint, checked against torch on the test batch `check_x` and timed against torch eager
     (whose batch-1 latency the profile has just measured); adds its metrics to `metrics`. On a real mismatch the
     ONNX file is removed (nobody should deploy it), its difference still recorded, and the warning returned: the
     trained generation itself stays good. Returns "" when the export checks out."""
     try:
-        metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms))
-        if getattr(model, "class_names", None):
+        metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms,
+                                          **measure))  # `measure:` of the chain: onnx and speed on or off, budget
+        if getattr(model, "class_names", None) and Path(path).is_file():
             label_onnx(path, model.class_names)
         return ""
     except ExportMismatch as e:
@@ -296,7 +298,8 @@ def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: P
     metrics = {"test_accuracy": evaluate(model, data.test), "val_accuracy": evaluate(model, data.val),
                "teacher_agreement": 1.0}
     t1 = time.perf_counter()
-    metrics.update({k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()})
+    metrics.update({k: float(v) for k, v in profile(model, data.input_shape, spec.measure.runs,
+                                                    spec.measure.budget_s).as_dict().items()})
     t2 = time.perf_counter()
     checkpoint = out_dir / "model.pt"
     model.class_names = list(data.class_names)

@@ -64,6 +64,7 @@ class SearchResult(BaseModel):
     reason: str
     candidates: int  # candidates within budget
     plot: str | None = None  # PNG path
+    floor: float | None = None  # knee: the least val accuracy the winner could have (drawn on the plot)
     mlflow_run_id: str | None = None
 
     def winning(self) -> TrialResult:
@@ -120,10 +121,14 @@ def candidates(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
     search = spec.generations[index - 1].search
     budget = search.budget
     input_shape, num_classes = input_info(spec.data)
-    out, seen = [], {}
+    out, seen, built = [], {}, set()
     for params in _grid(search):
         arch = candidate_arch(spec, index, teacher_arch, params)
         key = canonical_json(arch)
+        same = canonical_json({"arch": key, **{k: v for k, v in params.items() if k not in ("width", "depth")}})
+        if same in built:  # another width/depth rounds to this very network with the same loss: train it once
+            continue
+        built.add(same)
         if key not in seen:  # temperature/kd weight do not change the model: measure it once
             model = build_model(arch, num_classes, input_shape[0]).eval()
             n = sum(p.numel() for p in model.parameters())
@@ -168,6 +173,7 @@ def budget_problems(spec: ChainSpec, gens: list) -> list[str]:
                             "(pip install prefect-ray); use threads or dask")
         if any(earlier.search is not None for earlier in spec.generations[:i - 1]):
             break  # the teacher is an earlier search's winner: checked when that search has finished
+        problems.extend(depth_problems(spec, i, gens[i - 1].arch))
         try:
             within_budget(spec, i, gens[i - 1].arch)
         except SpecError as e:
@@ -175,11 +181,33 @@ def budget_problems(spec: ChainSpec, gens: list) -> list[str]:
     return problems
 
 
+def depth_problems(spec: ChainSpec, index: int, teacher_arch) -> list[str]:
+    """Depth multipliers that build the same network as another one listed (a student with one conv per stage
+    cannot lose convs: depth rounds every stage back up to 1), so the search would train one network twice."""
+    search = spec.generations[index - 1].search
+    width = search.space.width[0]
+    built: dict[str, float] = {}
+    for d in search.space.depth:
+        arch = candidate_arch(spec, index, teacher_arch, {"width": width, "depth": d})
+        key = canonical_json(arch)
+        if key in built:
+            return [f"{field_of(index)}.space.depth: {built[key]:g} and {d:g} build the same network "
+                    f"({describe(arch)}: depth scales the convs per stage and keeps at least one, it removes no "
+                    f"stage); keep one of them, or write students with fewer stages out as generations"]
+        built[key] = d
+    return []
+
+
 # ---------------------------------------------------------------------------------------------- optuna
 
 
+def front_objective(search: SearchSpec) -> bool:
+    """pareto and knee pick from the accuracy-params front: the sampler explores both (no pruning then)."""
+    return search.objective.kind in ("pareto", "knee")
+
+
 def directions(search: SearchSpec) -> list[str]:
-    return ["maximize", "minimize"] if search.objective.kind == "pareto" else ["maximize"]
+    return ["maximize", "minimize"] if front_objective(search) else ["maximize"]
 
 
 def make_study(search: SearchSpec, journal: Path, name: str, seed: int) -> optuna.Study:
@@ -187,7 +215,7 @@ def make_study(search: SearchSpec, journal: Path, name: str, seed: int) -> optun
     objective (Optuna does not prune multi-objective studies)."""
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    multi = search.objective.kind == "pareto"
+    multi = front_objective(search)
     sampler = optuna.samplers.NSGAIISampler(seed=seed) if multi else optuna.samplers.TPESampler(seed=seed)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
               if search.prune and not multi else optuna.pruners.NopPruner())
@@ -231,7 +259,7 @@ def tell(study: optuna.Study, search: SearchSpec, trial_id: int, result: TrialRe
     trial = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_id)
     if result.state == "pruned":
         study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
-    elif search.objective.kind == "pareto":
+    elif front_objective(search):
         study.tell(trial.number, [result.val_accuracy, result.cost["params"]])
     else:
         study.tell(trial.number, result.val_accuracy)
@@ -269,7 +297,7 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
         student = build_model(arch, data.num_classes, data.input_shape[0])
     loss = build_loss(gen, student, teacher, data.input_shape)
     trial = None
-    if journal and trial_id is not None and search.prune and search.objective.kind != "pareto":
+    if journal and trial_id is not None and search.prune and not front_objective(search):
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
         trial = optuna.trial.Trial(optuna.load_study(study_name=study_name, storage=storage), trial_id)
     last = {"acc": 0.0, "epoch": 0}
@@ -333,9 +361,18 @@ def pareto_front(trials: list[TrialResult]) -> list[int]:
     return sorted(front)
 
 
+def knee_floor(search: SearchSpec, trials: list[TrialResult]) -> float | None:
+    """knee: the least proxy val accuracy the winner may have (the best trial's less max_drop points)."""
+    done = [t.val_accuracy for t in trials if t.state == "complete"]
+    if search.objective.kind != "knee" or not done:
+        return None
+    return max(done) - search.objective.max_drop / 100
+
+
 def select_winner(search: SearchSpec, trials: list[TrialResult], teacher_val_accuracy: float) -> tuple[int, str]:
     """(trial number, why). accuracy and pareto: the most accurate (fewer params on a tie; for pareto that is the
-    accurate end of the front); smallest: fewest params among those retaining r of the teacher's val accuracy."""
+    accurate end of the front); smallest: fewest params among those retaining r of the teacher's val accuracy;
+    knee: fewest params among those within max_drop points of the most accurate."""
     done = [t for t in trials if t.state == "complete"]
     if not done:
         raise RuntimeError("every trial was pruned; raise proxy_epochs or set search.prune: false")
@@ -348,39 +385,19 @@ def select_winner(search: SearchSpec, trials: list[TrialResult], teacher_val_acc
             return win.number, (f"fewest params ({win.cost['params']:,.0f}) with val accuracy {win.val_accuracy:.4f} "
                                 f">= {r} x teacher {teacher_val_accuracy:.4f}")
         return best.number, f"no trial retained {r} of the teacher's val accuracy; the most accurate instead"
+    if search.objective.kind == "knee":
+        floor = knee_floor(search, trials)
+        win = min((t for t in done if t.val_accuracy >= floor), key=lambda t: (t.cost["params"], -t.val_accuracy))
+        return win.number, (f"fewest params ({win.cost['params']:,.0f}) with val accuracy {win.val_accuracy:.4f}, "
+                            f"within {search.objective.max_drop:g} points of the best {best.val_accuracy:.4f} "
+                            f"({best.cost['params']:,.0f} params)")
     return best.number, f"highest proxy val accuracy {best.val_accuracy:.4f} within budget"
 
 
 def pareto_plot(result: SearchResult, path: Path, title: str) -> Path:
     """accuracy vs params and vs latency (when measured), every trial, the front joined, the winner starred."""
-    import matplotlib
+    from kdchain.measure.plots import search_trials
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [("params", "parameters")] + ([("latency_ms", "latency ms (batch 1, CPU)")]
-                                       if all("latency_ms" in t.cost for t in result.trials) else [])
-    fig, axes = plt.subplots(1, len(xs), figsize=(5.5 * len(xs), 4.2), squeeze=False)
-    win = result.winning()
-    for ax, (key, label) in zip(axes[0], xs):
-        for state, marker, color in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:gray")):
-            ts = [t for t in result.trials if t.state == state]
-            ax.scatter([t.cost[key] for t in ts], [t.val_accuracy for t in ts], marker=marker, color=color,
-                       label=f"{state} ({len(ts)})")
-        front = sorted((t for t in result.trials if t.number in result.front), key=lambda t: t.cost[key])
-        if key == "params" and front:
-            ax.plot([t.cost[key] for t in front], [t.val_accuracy for t in front], "--", color="tab:orange",
-                    label="Pareto front")
-        ax.scatter([win.cost[key]], [win.val_accuracy], marker="*", s=250, color="tab:red", zorder=5,
-                   label=f"winner: trial {win.number}")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("proxy val accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    search_trials(result, title).savefig(path, dpi=100)
     return path

@@ -12,6 +12,7 @@ from it.
 """
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ def _report_dict(r: EpochReport) -> dict:
 
 
 def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train_split, streamed: bool,
-                  augment: Augment | None, train: TrainSpec, device: torch.device, result: "FitResult"):
+                  augment: Augment | None, train: TrainSpec, device: torch.device, result: "FitResult",
+                  spill_dir: Path | None = None):
     """(teacher forward or None, cached outputs {name: (N, ...)} or None); says how in result.teacher."""
     if not loss.needs_teacher:
         return None, None
@@ -109,13 +111,14 @@ def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle
                                               feature_shapes(direct, loss.nodes("teacher"), data.input_shape).items()}
     shapes |= {teacher_key(i): (data.num_classes,) for i in range(extra)}
     use_cache, result.teacher = teacher_cache_plan(train.cache, augment, len(train_split), shapes,
-                                                   train.cache_memory_mb)
+                                                   train.cache_memory_mb, spill_dir)
     if use_cache and streamed:
         use_cache, result.teacher = False, "live: the training split is streamed from disk"
     if not use_cache:
         return teacher_fwd, None
     t0 = time.perf_counter()
-    cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision)  # {name: (N, ...)}
+    cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision,  # {name: (N, ...)}
+                             spill_dir=spill_dir if use_cache == "disk" else None)
     result.cache_seconds = time.perf_counter() - t0
     return teacher_fwd, cached
 
@@ -152,7 +155,8 @@ def _train_epoch(student_fwd, teacher_fwd, cached, loss: DistillLoss, train_spli
             x, y = augment(x, y)
         x = channels_last(x)
         if cached is not None:
-            teacher_out = {k: v[idx] for k, v in cached.items()}  # same indices as the batch
+            # same indices as the batch; a disk cache (float16, CPU) is read a batch at a time
+            teacher_out = {k: v[idx.to(v.device)].to(device).float() for k, v in cached.items()}
         elif teacher_fwd is not None:
             with torch.inference_mode(), autocast(device, train.precision):
                 teacher_out = teacher_fwd(x)  # live, on the very batch the student sees
@@ -205,26 +209,33 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
     if augment is None and data.augment is not None:  # the data set's per-batch augmentation (kdchain.data.augment)
         augment = lambda x, y: (data.augment(x), y)  # noqa: E731
     result = FitResult()
-    teacher_fwd, cached = _teacher_side(teacher, loss, data, train_split, streamed, augment, train, device, result)
+    # a disk cache lives beside the resume state (the generation's own folder) and goes when fit returns
+    spill_dir = Path(state_path).parent / "teacher_outputs" if state_path is not None else None
+    try:
+        teacher_fwd, cached = _teacher_side(teacher, loss, data, train_split, streamed, augment, train, device,
+                                            result, spill_dir)
+        steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
+        opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train, device)
+        sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
+        start_epoch = _restore(state_path, device, student, loss, opt, sched, gen, result)
 
-    steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
-    opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train, device)
-    sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
-    start_epoch = _restore(state_path, device, student, loss, opt, sched, gen, result)
-
-    for epoch in range(start_epoch + 1, train.epochs + 1):
-        t0 = time.perf_counter()
-        train_loss, parts_mean = _train_epoch(student_fwd, teacher_fwd, cached, loss, train_split, augment, opt,
-                                              sched, gen, train, device, epoch)
-        report = EpochReport(epoch, train.epochs, train_loss, evaluate(student, val_split), parts_mean,
-                             time.perf_counter() - t0)
-        result.history.append(report)
-        result.train_seconds += report.seconds
-        if state_path is not None:
-            atomic_save({"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": opt.state_dict(),
-                         "schedule": sched.state_dict(), "batch_rng": gen.get_state(),
-                         "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                         "history": [_report_dict(r) for r in result.restored + result.history]}, Path(state_path))
-        if on_epoch is not None:
-            on_epoch(report)
+        for epoch in range(start_epoch + 1, train.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, parts_mean = _train_epoch(student_fwd, teacher_fwd, cached, loss, train_split, augment,
+                                                  opt, sched, gen, train, device, epoch)
+            report = EpochReport(epoch, train.epochs, train_loss, evaluate(student, val_split), parts_mean,
+                                 time.perf_counter() - t0)
+            result.history.append(report)
+            result.train_seconds += report.seconds
+            if state_path is not None:
+                atomic_save({"student": student.state_dict(), "loss": loss.state_dict(),
+                             "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                             "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                             "history": [_report_dict(r) for r in result.restored + result.history]},
+                            Path(state_path))
+            if on_epoch is not None:
+                on_epoch(report)
+    finally:
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
     return result

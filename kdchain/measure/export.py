@@ -5,6 +5,7 @@ a deployment box running one model per core), after a warm-up, as medians.
 """
 
 import copy
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,12 +33,21 @@ class ExportMismatch(RuntimeError):
 @dataclass
 class Speed:
     latency_ms: float  # torch eager, batch 1, median
-    latency_ms_onnx: float  # ONNX Runtime, batch 1, median
-    throughput_ips: float  # torch eager, batch 64, images per second
-    throughput_ips_onnx: float  # ONNX Runtime, batch 64, images per second
+    throughput_ips: float  # torch eager, batch `throughput_batch`, images per second
+    throughput_batch: int  # 64, or fewer where 64 images would not fit the time budget
+    latency_ms_onnx: float | None = None  # ONNX Runtime, batch 1, median (None: not exported)
+    throughput_ips_onnx: float | None = None  # ONNX Runtime, batch `throughput_batch`, images per second
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def fitting_batch(largest: int, latency_ms: float | None, budget_s: float | None) -> int:
+    """The largest batch up to `largest` whose forward (at `latency_ms` an image) takes at most a quarter of the
+    budget: room for a warm-up and a timed run, or the two passes of a check."""
+    if budget_s is None or not latency_ms:
+        return largest
+    return max(1, min(largest, int(budget_s / 4 / (latency_ms / 1000))))
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
@@ -53,6 +63,13 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> P
 
 
 def ort_session(path: Path, threads: int = 1):
+    """An ONNX Runtime session on `path`; the check and the timings of one export share it (loading VGG19's 558 MB
+    graph takes seconds), until the file changes or export_and_measure has finished."""
+    return _session(str(path), Path(path).stat().st_mtime_ns, threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _session(path: str, mtime_ns: int, threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -77,36 +94,51 @@ def check_onnx(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     return diff
 
 
-def measure_speed(model: nn.Module, path: Path, input_shape: tuple[int, ...], threads: int = 1,
-                  runs: int = 30, warmup: int = 5, eager_latency_ms: float | None = None) -> Speed:
-    """Torch eager and ONNX Runtime on the same inputs: median batch-1 latency, batch-64 throughput.
+def measure_speed(model: nn.Module, path: Path | None, input_shape: tuple[int, ...], threads: int = 1,
+                  runs: int = 30, warmup: int = 5, eager_latency_ms: float | None = None,
+                  budget_s: float | None = None) -> Speed:
+    """Torch eager and (with an ONNX file at `path`) ONNX Runtime on the same inputs: median batch-1 latency,
+    throughput at batch 64 (fewer when 64 images would not fit `budget_s`), each figure within `budget_s`.
     `eager_latency_ms`: the eager batch-1 latency when the caller has just measured it (kdchain.measure.profile)."""
     cpu = copy.deepcopy(model).cpu().eval()
-    session = ort_session(path, threads)
-    x64 = torch.randn(64, *input_shape)
-    n1, n64 = torch.randn(1, *input_shape).numpy(), x64.numpy()
     if eager_latency_ms is None:
-        eager_latency_ms = latency_ms(cpu, input_shape, runs, warmup, threads)
+        eager_latency_ms = latency_ms(cpu, input_shape, runs, warmup, threads, budget_s)
+    batch = fitting_batch(64, eager_latency_ms, budget_s)
+    xb = torch.randn(batch, *input_shape)
+    big_runs, big_warmup = max(5, runs // 5), max(2, warmup // 5)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            t64 = median_seconds(lambda: cpu(x64), max(5, runs // 5), max(2, warmup // 5))
+            tb = median_seconds(lambda: cpu(xb), big_runs, big_warmup, budget_s)
     finally:
         torch.set_num_threads(old)
-    o1 = median_seconds(lambda: session.run(["logits"], {"x": n1}), runs, warmup)
-    o64 = median_seconds(lambda: session.run(["logits"], {"x": n64}), max(5, runs // 5), max(2, warmup // 5))
-    return Speed(latency_ms=eager_latency_ms, latency_ms_onnx=o1 * 1000, throughput_ips=64 / t64,
-                 throughput_ips_onnx=64 / o64)
+    speed = Speed(latency_ms=eager_latency_ms, throughput_ips=batch / tb, throughput_batch=batch)
+    if path is not None:
+        session = ort_session(path, threads)
+        n1, nb = torch.randn(1, *input_shape).numpy(), xb.numpy()
+        speed.latency_ms_onnx = 1000 * median_seconds(lambda: session.run(["logits"], {"x": n1}), runs, warmup,
+                                                      budget_s)
+        speed.throughput_ips_onnx = batch / median_seconds(lambda: session.run(["logits"], {"x": nb}), big_runs,
+                                                           big_warmup, budget_s)
+    return speed
 
 
 def export_and_measure(model: nn.Module, input_shape: tuple[int, ...], path: Path, check_x: torch.Tensor,
-                       threads: int = 1, eager_latency_ms: float | None = None) -> dict[str, float]:
-    """Export, check on `check_x` (raises ExportMismatch), time; returns the metrics to log."""
-    export_onnx(model, input_shape, path)
-    diff = check_onnx(model, path, check_x)
-    return {"onnx_max_abs_diff": diff,
-            **measure_speed(model, path, input_shape, threads, eager_latency_ms=eager_latency_ms).as_dict()}
+                       threads: int = 1, eager_latency_ms: float | None = None, onnx: bool = True,
+                       speed: bool = True, runs: int = 30, budget_s: float | None = None) -> dict[str, float]:
+    """Export and check on `check_x` (as many of its images as fit `budget_s`; raises ExportMismatch) unless
+    `onnx` is off, time unless `speed` is off; returns the metrics to log."""
+    metrics = {}
+    if onnx:
+        export_onnx(model, input_shape, path)
+        metrics["onnx_max_abs_diff"] = check_onnx(model, path,
+                                                  check_x[:fitting_batch(len(check_x), eager_latency_ms, budget_s)])
+    if speed:
+        metrics |= measure_speed(model, path if onnx else None, input_shape, threads, runs, budget_s=budget_s,
+                                 eager_latency_ms=eager_latency_ms).as_dict()
+    _session.cache_clear()  # the session holds the whole model: not kept past this generation
+    return metrics
 
 
 def label_onnx(path: Path, class_names: list[str]) -> None:

@@ -141,6 +141,37 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
     return fig
 
 
+def search_trials(result, title: str) -> Figure:
+    """A search's trials (a kdchain.search.SearchResult): proxy val accuracy against params and against latency
+    (when measured), completed and pruned, the Pareto front joined, the winner starred, the knee's floor dotted."""
+    xs = [("params", "parameters")] + ([("latency_ms", "latency ms (batch 1, CPU)")]
+                                       if all("latency_ms" in t.cost for t in result.trials) else [])
+    fig = _figure((5.5 * len(xs), 4.2))
+    win = result.winning()
+    for ax, (key, label) in zip(fig.subplots(1, len(xs), squeeze=False)[0], xs):
+        for state, marker, color in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:gray")):
+            ts = [t for t in result.trials if t.state == state]
+            ax.scatter([t.cost[key] for t in ts], [t.val_accuracy for t in ts], marker=marker, color=color,
+                       label=f"{state} ({len(ts)})")
+        front = sorted((t for t in result.trials if t.number in result.front), key=lambda t: t.cost[key])
+        if key == "params" and front:
+            ax.plot([t.cost[key] for t in front], [t.val_accuracy for t in front], "--", color="tab:orange",
+                    label="Pareto front")
+        ax.scatter([win.cost[key]], [win.val_accuracy], marker="*", s=250, color="tab:red", zorder=5,
+                   label=f"winner: trial {win.number}")
+        if getattr(result, "floor", None) is not None:
+            ax.axhline(result.floor, color="tab:green", linestyle=":",
+                       label=f"knee: best - max_drop ({result.floor:.4f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("proxy val accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
     """A GitHub-flavoured markdown table of `rows`; `columns` = [(key, header)]."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]

@@ -12,10 +12,11 @@ from kdchain.spec.data import (Augment, Cifar10Data, DataSpec, DigitsData, Image
                                SplitFractions)
 from kdchain.spec.distill import AtLoss, CeLoss, DkdLoss, FeatureLoss, FitnetLoss, KdLoss, Loss, RkdLoss
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
+from kdchain.spec.measure import MeasureSpec
 from kdchain.spec.models import (AnyArch, Arch, CnnArch, Derive, DeriveStudent, Prune, PrunedArch, PruneStudent,
                                  ResnetArch, StudentSpec, TimmArch, TorchvisionArch, is_checkpoint_path)
-from kdchain.spec.search import (BestAccuracy, ParetoFront, SearchBudget, SearchObjective, SearchRunner, SearchSpace,
-                                 SearchSpec, SmallestRetaining)
+from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, SearchObjective, SearchRunner,
+                                 SearchSpace, SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
 from kdchain.spec.train import TrainSpec
 
@@ -26,6 +27,6 @@ __all__ = [
     "apply_override", "format_validation_error", "load_spec", "spec_from_dict",
     "AnyArch", "Arch", "CnnArch", "Derive", "DeriveStudent", "Prune", "PrunedArch", "PruneStudent", "ResnetArch",
     "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
-    "BestAccuracy", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace", "SearchSpec",
-    "SmallestRetaining", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
+    "SearchSpec", "SmallestRetaining", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]

@@ -11,6 +11,7 @@ from kdchain.spec.base import Strict
 from kdchain.spec.data import DataSpec
 from kdchain.spec.deploy import DeploySpec
 from kdchain.spec.distill import CeLoss, KdLoss, Loss
+from kdchain.spec.measure import MeasureSpec
 from kdchain.spec.models import Arch, StudentSpec
 from kdchain.spec.search import SearchSpec
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
@@ -68,6 +69,8 @@ class ChainSpec(Strict):
     teacher: TeacherSpec = Field(description="generation 0: trained from scratch on labels, or an existing model (`from`)")
     generations: list[GenerationSpec] = Field(min_length=1, description="students, each distilled from the one before")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="where MLflow records the chain")
+    measure: MeasureSpec = Field(default_factory=MeasureSpec, description="ONNX export and speed after each "
+                                                                         "generation, and their time budget")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec,
                                      description="when `kdchain schedule`/retrain moves the champion alias")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="what each generation ships: fp32 ONNX, "

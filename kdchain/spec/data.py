@@ -49,7 +49,9 @@ class Cifar10Data(Strict):
     image_size: int = Field(32, ge=8, le=512, description="images are resized (bilinear, per batch) to this size")
     normalize: Literal["dataset", "imagenet"] = Field("dataset", description="per-channel mean/std of the training "
                                                                              "split, or ImageNet's")
-    val: float = Field(0.1, gt=0.0, lt=0.5, description="share of the training files held out for validation")
+    val: float = Field(0.1, ge=0.0, lt=0.5, description="share of the training files held out for validation; "
+                                                        "0 = train on all 50,000 (the example's protocol): "
+                                                        "validation metrics then come from the test split")
     augment: Augment = Field(default_factory=lambda: Augment(crop_padding=4, flip=True),
                              description="per-batch augmentation")
 

@@ -43,7 +43,16 @@ class ParetoFront(Strict):
     kind: Literal["pareto"] = "pareto"
 
 
-SearchObjective = Annotated[Union[BestAccuracy, SmallestRetaining, ParetoFront], Field(discriminator="kind")]
+class Knee(Strict):
+    """The sweet spot a person picks on the accuracy-params front: the smallest model whose proxy val accuracy is
+    within `max_drop` points of the best trial's."""
+
+    kind: Literal["knee"] = "knee"
+    max_drop: float = Field(1.0, ge=0.0, le=100.0, description="accuracy points (percent) below the best trial "
+                                                               "that a smaller model may give up")
+
+
+SearchObjective = Annotated[Union[BestAccuracy, SmallestRetaining, ParetoFront, Knee], Field(discriminator="kind")]
 
 
 class SearchRunner(Strict):
@@ -64,7 +73,8 @@ class SearchSpec(Strict):
     budget: SearchBudget = Field(default_factory=SearchBudget, description="limits every candidate must meet")
     objective: SearchObjective = Field(default_factory=BestAccuracy, description=(
         "accuracy: best proxy val accuracy; smallest: fewest params with retention >= r; pareto: the front of "
-        "accuracy against params, the most accurate on it wins"))
+        "accuracy against params, the most accurate on it wins; knee: the smallest within max_drop points of the "
+        "best"))
     trials: int = Field(8, ge=1, description="candidates proxy-trained (at most the candidates within budget)")
     proxy_epochs: int = Field(2, ge=1, description="epochs each trial trains for screening")
     prune: bool = Field(True, description="stop trials whose intermediate val accuracy is below the median")

@@ -20,9 +20,11 @@ class TrainSpec(Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="forward-pass precision: auto = bf16 autocast where the hardware computes bf16 natively "
         "(CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere; bf16 = always autocast; fp32 = never")
-    cache: Literal["auto", "on", "off"] = Field(
-        "auto", description="teacher outputs computed once and reused every epoch: auto = when the student sees "
-        "un-augmented data and the outputs fit cache_memory_mb; on = also past the budget; off = teacher runs live")
+    cache: Literal["auto", "on", "disk", "off"] = Field(
+        "auto", description="teacher outputs computed once and reused every epoch when the student sees "
+        "un-augmented data: auto = in memory within cache_memory_mb, past it in float16 memory-mapped files in the "
+        "generation's workdir (removed when it finishes) if they fit the disk; on = in memory, also past the "
+        "budget; disk = always on disk; off = the teacher runs live")
     cache_memory_mb: float = Field(512.0, gt=0.0, description="memory budget of the teacher-output cache (auto)")
 
     @field_validator("cache", mode="before")
