@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
-        return _fail(*signals.line_and_code(e))
+        line, code = signals.line_and_code(e)
+        return _fail(line if args.command in ("run", "retrain") else "kdchain: interrupted", code)
     except SpecError as e:
         return _fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
