@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
-        return _fail(*signals.line_and_code(e))
+        line, code = signals.line_and_code(e)
+        return _fail(line if args.command in ("run", "retrain") else "kdchain: interrupted", code)
     except BrokenPipeError:  # `kdchain compare --json | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
