@@ -53,8 +53,8 @@ def generation_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def _load(args, spec=None):
-    spec = spec or load_spec(args.config, args.set or [])
+def _load(args):
+    spec = load_spec(args.config, args.set or [])
     from kdchain.checks import check_chain
 
     check_chain(spec, source=str(args.config))
@@ -131,12 +131,12 @@ def _not_a_run_failure(record) -> bool:
 def cmd_run(args) -> int:
     from flows import server
 
-    spec = load_spec(args.config, args.set or [])  # a bad file or field fails here, before any server starts
-    which_server = server.prestart()  # a temporary Prefect server starts while torch and the checks load
-    spec = _load(args, spec)
+    spec = _load(args)
     problems = _machine_problems(spec, args)
     if problems:  # before Prefect or MLflow start: nothing is trained or written
         return _fail(problems)
+    # only now: a server starting beside a refusal tripled its time on a busy 2-core box and printed its own lines
+    which_server = server.prestart()  # a temporary Prefect server starts while Prefect and the store load
     import logging
 
     from flows.chain import distill_chain
@@ -185,11 +185,11 @@ def cmd_run(args) -> int:
 def cmd_retrain(args) -> int:
     from flows import server
 
-    server.prestart()  # the kept server, or a temporary one starting while the spec loads
     spec = _load(args)
     problems = _machine_problems(spec, args)
     if problems:
         return _fail(problems)
+    server.prestart()  # the kept server, or a temporary one starting while Prefect loads
     import logging
 
     from flows.retrain import retrain
