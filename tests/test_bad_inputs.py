@@ -186,3 +186,9 @@ def test_compare_on_an_unusable_tracking_uri_is_one_line_not_a_wait(uri):
     code, out, err, seconds = _cli(["compare", "--tracking-uri", uri])
     assert (code, out) == (2, "") and seconds < 10
     assert len(err.strip().splitlines()) == 1 and err.startswith("kdchain compare: tracking ") and uri in err
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused_too(tmp_path):
+    path = write_config(tmp_path, tiny_chain(tmp_path))
+    code, _, err, _ = _cli(["validate", str(path), "--set", "teacher.train={epochs: 1, epochs: 2}"])
+    assert code == 2 and err.strip() == "--set teacher.train: key 'epochs' is given twice; keep one"
