@@ -168,9 +168,7 @@ def cmd_run(args) -> int:
     from flows import server
 
     signals.install()  # Ctrl-C and SIGTERM: runs ended KILLED, one line, exit 130/143
-    spec = load_spec(args.config, args.set or [])  # a bad file or field fails here, before any server starts
-    which_server = server.prestart()  # a temporary Prefect server starts while torch and the checks load
-    spec = _load(args, spec)
+    spec = _load(args)
     from kdchain.checks import deploy_problems
 
     problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
@@ -179,12 +177,12 @@ def cmd_run(args) -> int:
     from flows.chain import fresh_index
 
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
+    # only now: a server starting beside a refusal tripled its time on a busy 2-core box and printed its own lines
+    which_server = server.prestart()  # a temporary Prefect server starts while Prefect and the store load
     from flows.chain import distill_chain
 
     _quiet_console()
-    from kdchain.tracking import StoreError
-
-    from kdchain.tracking import prepare_store, resolve_uri
+    from kdchain.tracking import StoreError, prepare_store, resolve_uri
 
     prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
     t0 = time.time()
@@ -229,11 +227,11 @@ def cmd_run(args) -> int:
 def cmd_retrain(args) -> int:
     from flows import server
 
-    server.prestart()  # the kept server, or a temporary one starting while the spec loads
     spec = _load(args)
     problems = _machine_problems(spec, args)
     if problems:
         return _fail(problems)
+    server.prestart()  # the kept server, or a temporary one starting while Prefect loads
     from flows.retrain import retrain
 
     _quiet_console()

@@ -76,9 +76,12 @@ def _write_csv(rows: list[dict], columns: list[str]) -> None:
 
 def cmd_compare(args, generation_table) -> int:
     """`generation_table(rows, title)` is the CLI's rich table of generations (shared with `kdchain run`)."""
-    from kdchain.tracking import experiment_of_run, latest_chain_experiment, open_tracker, resolve_uri
+    from kdchain.tracking import experiment_of_run, latest_chain_experiment, open_tracker, resolve_uri, tracking_problem
 
     uri = resolve_uri(args.tracking_uri)
+    unusable = tracking_problem(uri)  # an unknown scheme or a server that does not answer: one line, within 8 s
+    if unusable:
+        return _fail(f"kdchain compare: {unusable}")
     experiment = args.experiment
     if experiment is None and args.run:
         experiment = experiment_of_run(uri, args.run)
@@ -230,13 +233,16 @@ def port_in_use(port: int) -> str | None:
 
 
 def cmd_ui(args) -> int:
-    from kdchain.tracking import resolve_uri, sqlite_path
+    from kdchain.tracking import resolve_uri, sqlite_path, tracking_problem
 
     busy = port_in_use(args.port)
     if busy:  # else MLflow's server would log "address already in use" after our links to someone else's server
         return _fail(f"kdchain ui: port {args.port} on 127.0.0.1 is already in use ({busy}); stop what listens "
                      f"there (another `kdchain ui`?) or pass --port")
     uri = resolve_uri(args.tracking_uri)
+    unusable = tracking_problem(uri)
+    if unusable:
+        return _fail(f"kdchain ui: {unusable}")
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         return _fail(f"kdchain ui: no MLflow store at {db}; run `kdchain run CONFIG` first or pass --tracking-uri")

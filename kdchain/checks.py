@@ -37,9 +37,6 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     problems = []
     for g in gens[1:]:
         where = f"{source}: generations.{g.index - 1}"
-        if not any(t.weight for t in g.distill):
-            problems.append(f"{where}.distill: every term has weight 0, so the student would learn nothing; give "
-                            "at least one term a weight above 0")
         if g.index == 1 and g.teachers == "ancestors":
             problems.append(f"{where}.teachers: the first generation has only the teacher before it, so `ancestors` "
                             "is `direct` here; use `direct` (and no teacher_weights)")

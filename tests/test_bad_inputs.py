@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+import kdchain.checks  # noqa: F401 -- imported once here: the 10 s below are the checks', not torch's import
+import kdchain.tracking  # noqa: F401
 from flows.cli import main
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
@@ -139,7 +141,7 @@ def test_output_into_a_closed_pipe_is_not_a_store_error():
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before the first byte
     err = proc.stderr.read().decode()
-    assert proc.wait(60) == 0 and err == ""
+    assert proc.wait(120) == 0 and err == ""
 
 
 def test_ui_on_a_busy_port_says_so_and_exits_2(tmp_path):
@@ -149,7 +151,7 @@ def test_ui_on_a_busy_port_says_so_and_exits_2(tmp_path):
         port = busy.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--no-browser", "--port", str(port),
                             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().startswith(f"kdchain ui: port {port} on 127.0.0.1 is already in use")
 
@@ -174,5 +176,19 @@ def test_a_workdir_failure_is_not_called_a_store_failure_and_oom_hints_fit_the_m
 def test_torchs_kernel_reregistration_warning_never_precedes_our_line():
     code = ("import warnings, flows.cli; warnings.warn('Warning: Overriding a previously registered kernel for the "
             "same operator and the same dispatch key'); print('ours')")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (0, "ours\n", "")
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "http://127.0.0.1:{port}"])
+def test_compare_on_an_unusable_tracking_uri_is_one_line_not_a_wait(uri):
+    uri = uri.format(port=free_port())
+    code, out, err, seconds = _cli(["compare", "--tracking-uri", uri])
+    assert (code, out) == (2, "") and seconds < 10
+    assert len(err.strip().splitlines()) == 1 and err.startswith("kdchain compare: tracking ") and uri in err
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused_too(tmp_path):
+    path = write_config(tmp_path, tiny_chain(tmp_path))
+    code, _, err, _ = _cli(["validate", str(path), "--set", "teacher.train={epochs: 1, epochs: 2}"])
+    assert code == 2 and err.strip() == "--set teacher.train: key 'epochs' is given twice; keep one"

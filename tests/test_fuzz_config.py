@@ -195,7 +195,10 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(argv)
     finally:
-        os.environ.pop("KDCHAIN_PREFECT_PRESTART") if saved is None else os.environ.update(KDCHAIN_PREFECT_PRESTART=saved)
+        if saved is None:
+            os.environ.pop("KDCHAIN_PREFECT_PRESTART")
+        else:
+            os.environ["KDCHAIN_PREFECT_PRESTART"] = saved
     return code, out.getvalue(), err.getvalue()
 
 

@@ -59,6 +59,15 @@ class GenerationSpec(Strict):
     deploy: DeploySpec | None = Field(None, description="this generation's int8 export; default: the chain's `deploy`")
 
 
+    @field_validator("distill")
+    @classmethod
+    def _some_weight(cls, terms: list):
+        if not any(t.weight for t in terms):
+            raise ValueError("every term has weight 0, so the student would learn nothing; give at least one term "
+                             "a weight above 0")
+        return terms
+
+
 class ChainSpec(Strict):
     name: str = Field(description="the chain's name: MLflow experiment and model names derive from it",
                       pattern=r"^[A-Za-z0-9_.-]+$")

@@ -12,8 +12,9 @@ MIN_TRAIN_SHARE = 0.5  # a split that trains on less than half of the data is a 
 class SplitFractions(Strict):
     """val + test may hold out at most half of the data: at least MIN_TRAIN_SHARE of it trains."""
 
-    val: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for validation")
-    test: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for test")
+    val: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for validation "
+                                                         "(val + test at most 0.5)")
+    test: float = Field(0.15, gt=0.0, lt=0.5, description="share of the data held out for test (val + test at most 0.5)")
 
     @model_validator(mode="after")
     def _enough_to_train(self):

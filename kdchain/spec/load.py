@@ -71,7 +71,7 @@ def apply_override(data: dict, assignment: str) -> None:
         raise SpecError([f"--set {assignment}: expected dotted.key=value"])
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_unique(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise SpecError([f"--set {key}: the value {raw!r} is not valid YAML ({getattr(e, 'problem', e)})"]) from None
     if not key.strip() or any(not p.strip() for p in key.split(".")):
@@ -110,10 +110,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise SpecError([f"{self.name}: line {line}: key {key!r} is given twice (lines {seen[key]} and "
-                                 f"{line}); keep one"])
+                where = "" if self.name.startswith("--set") else f" line {line}:"
+                both = f" (lines {seen[key]} and {line})" if seen[key] != line else ""
+                raise SpecError([f"{self.name}:{where} key {key!r} is given twice{both}; keep one"])
             seen.setdefault(key, line)
         return super().construct_mapping(node, deep)
+
+
+def safe_load_unique(text: str, name: str) -> Any:
+    """yaml.safe_load with keys given twice refused; `name` starts the error line (the file, or `--set key`)."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_config_text(path: Path) -> str:
@@ -145,12 +156,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> ChainSpec:
     path = Path(path)
     text = read_config_text(path)
     try:
-        loader = _UniqueKeyLoader(text)
-        loader.name = str(path)
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+        data = safe_load_unique(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

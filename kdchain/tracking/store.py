@@ -119,7 +119,10 @@ def tracking_problem(uri: str) -> str | None:
         thread.join(PROBE_SECONDS)
     finally:
         for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if not outcome:
         return f"tracking URI {uri}: no answer within {PROBE_SECONDS:.0f} s; check the address and that the server runs"
     return None if outcome[0] is None else _describe_failure(uri, outcome[0])
