@@ -40,7 +40,10 @@ def cmd_export(args) -> int:
         except BundleSourceError as e:
             print(f"kdchain export: {e}", file=sys.stderr)
             return EXIT_USAGE
-        spec = spec_from_dict(yaml.safe_load(spec_yaml), f"chain run {args.chain_run}'s spec.yaml")
+        raw = yaml.safe_load(spec_yaml)
+        if raw["teacher"].get("from"):  # the run's spec.yaml holds every default, `train` too, which `from` refuses
+            raw["teacher"].pop("train", None)
+        spec = spec_from_dict(raw, f"chain run {args.chain_run}'s spec.yaml")
         manifest = write_bundle(spec, args.chain_run, rows, out)
     for g in manifest["generations"]:
         f, q = g["fp32"], g["int8"]

@@ -12,8 +12,11 @@ import shutil
 from pathlib import Path
 
 from kdchain.chain import quantize_generation
+from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import Normalise
+from kdchain.measure.export import export_onnx
+from kdchain.measure.quantize import onnx_speed
 from kdchain.resolve import resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
 
@@ -49,7 +52,11 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
         for row in rows:
             stem = f"{row['generation']}-{row['name']}"
             fp32 = partial / f"{stem}.onnx"
-            shutil.copyfile(row["onnx"], fp32)
+            if row["onnx"] is None:  # logged without ONNX (teacher.from): exported and timed from its checkpoint
+                export_onnx(load_checkpoint(Path(row["checkpoint"]))[0], data.input_shape, fp32)
+                row["latency_ms_onnx"], row["throughput_ips_onnx"] = onnx_speed(fp32, data.input_shape)
+            else:
+                shutil.copyfile(row["onnx"], fp32)
             entry = {"generation": row["generation"], "name": row["name"], "architecture": row["summary"],
                      "run_id": row["run_id"], "params": row["params"],
                      "fp32": _entry(fp32, row["test_accuracy"], row["latency_ms_onnx"], row["throughput_ips_onnx"])}

@@ -88,6 +88,28 @@ def test_export_bundle_reproduces_the_manifest_with_onnxruntime(static_chain, ca
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_export_quantizes_what_the_chain_did_not_and_exports_a_loaded_teacher(static_chain, tmp_path):
+    _, spec, _, _, _ = static_chain
+    c_checkpoint = next(Path(spec.workdir, spec.name).glob("3-C-*")) / "model.pt"
+    cfg = tiny_chain(tmp_path, name="plain", teacher={"from": str(c_checkpoint)})
+    cfg["generations"] = [{"name": "D", "student": {"kind": "cnn", "channels": [8, 16]}, "train": {"epochs": 2}}]
+    path = write_config(tmp_path, cfg)  # no deploy: nothing quantized during the run
+    assert main(["run", str(path)]) == 0
+    client = MlflowClient(cfg["tracking"]["uri"])
+    chain_run = client.search_runs([client.get_experiment_by_name("plain").experiment_id],
+                                   "tags.`kdchain.kind` = 'chain'")[0].info.run_id
+    out = tmp_path / "bundle"
+    assert main(["export", chain_run, "--out", str(out), "--tracking-uri", cfg["tracking"]["uri"]]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [g["int8"]["quantized"] for g in manifest["generations"]] == ["by kdchain export"] * 2
+    test = load_data(load_spec(path).data, 0).test
+    for g in manifest["generations"]:  # the loaded teacher too: exported from its checkpoint
+        for kind in ("fp32", "int8"):
+            logits = ort.InferenceSession(str(out / g[kind]["file"])).run(["logits"], {"x": test.x.numpy()})[0]
+            accuracy = float((logits.argmax(1) == test.y.numpy()).mean())
+            assert abs(accuracy - g[kind]["test_accuracy"]) <= 1 / len(test) + 1e-9, (g["name"], kind)
+
+
 def test_promotion_can_compare_the_shipped_int8_model(static_chain):
     tmp, spec, client, gens, chain_run = static_chain
     rule = PromotionSpec(metric="test_accuracy_int8", min_gain=0.01, max_size_bytes_int8=5_000)

@@ -15,7 +15,8 @@ class BundleSourceError(Exception):
 
 def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[dict]]:
     """(the chain's spec.yaml text, one row per finished generation with its files under `dest`: row["onnx"] the
-    fp32 file, row["onnx_int8"] the int8 file or None)."""
+    fp32 file, row["onnx_int8"] the int8 file or None; a generation logged without ONNX (a teacher loaded with
+    `from`) has row["onnx"] None and row["checkpoint"] its model.pt instead)."""
     experiment = experiment_of_run(uri, chain_run_id)
     tracker = open_tracker(uri, experiment) if experiment else None
     if tracker is None or not tracker.chain_run_exists(chain_run_id):
@@ -26,13 +27,19 @@ def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[di
     spec_yaml = mlflow.artifacts.load_text(f"runs:/{chain_run_id}/spec.yaml")
     for row in rows:
         names = {Path(f.path).name for f in tracker.client.list_artifacts(row["run_id"], "onnx")}
+        where = str(dest / f"run-{row['run_id']}")
         if "model.onnx" not in names:
-            raise BundleSourceError(f"generation {row['name']} (run {row['run_id']}) has no ONNX file; it was "
-                                    "trained before kdchain exported models, or loaded with teacher.from: rerun "
-                                    "the chain with --fresh")
+            checkpoints = {Path(f.path).name for f in tracker.client.list_artifacts(row["run_id"], "checkpoint")}
+            if "model.pt" not in checkpoints:
+                raise BundleSourceError(f"generation {row['name']} (run {row['run_id']}) has neither an ONNX file "
+                                        "nor a checkpoint; rerun the chain with --fresh")
+            row["onnx"] = row["onnx_int8"] = None
+            row["checkpoint"] = mlflow.artifacts.download_artifacts(run_id=row["run_id"],
+                                                                    artifact_path="checkpoint/model.pt",
+                                                                    dst_path=where, tracking_uri=uri)
+            continue
         folder = Path(mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path="onnx",
-                                                          dst_path=str(dest / f"run-{row['run_id']}"),
-                                                          tracking_uri=uri))
+                                                          dst_path=where, tracking_uri=uri))
         row["onnx"] = str(folder / "model.onnx")
         row["onnx_int8"] = str(folder / "model.int8.onnx") if "model.int8.onnx" in names else None
     return spec_yaml, rows
