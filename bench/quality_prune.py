@@ -104,9 +104,9 @@ def report(data: str, rows: dict, curves: dict, seconds: dict, teacher: list[flo
         accs = [a for a, _ in xs]
         lines.append(f"| {student} | {variant} | {int(statistics.mean(p for _, p in xs)):,} | {mean_std(accs)} | "
                      f"{', '.join(f'{a * 100:.2f}' for a in accs)} | {statistics.mean(seconds[variant, student]):.0f} |")
+    epochs = max(len(run) for runs in curves.values() for run in runs)
     lines += ["", "C's validation accuracy % after each epoch (mean over seeds):", "",
-              "| variant | " + " | ".join(f"ep {i + 1}" for i in range(max(map(len, curves.values())))) + " |",
-              "|---|" + "---|" * max(map(len, curves.values()))]
+              "| variant | " + " | ".join(f"ep {i + 1}" for i in range(epochs)) + " |", "|---|" + "---|" * epochs]
     for variant, runs in sorted(curves.items()):
         mean = [statistics.mean(r[i] for r in runs) * 100 for i in range(min(map(len, runs)))]
         lines.append(f"| {variant} | " + " | ".join(f"{m:.1f}" for m in mean) + " |")

@@ -209,14 +209,14 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
 
 
 def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Tensor, eager_latency_ms: float,
-                   metrics: dict[str, float], measure: dict) -> str:
+                   metrics: dict[str, float], measure: dict | None = None) -> str:
     """ONNX beside the checkpoint, checked against torch on the test batch `check_x` and timed against torch eager
     (whose batch-1 latency the profile has just measured); adds its metrics to `metrics`. On a real mismatch the
     ONNX file is removed (nobody should deploy it), its difference still recorded, and the warning returned: the
     trained generation itself stays good. Returns "" when the export checks out."""
     try:
         metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms,
-                                          **measure))  # `measure:` of the chain: onnx and speed on or off, budget
+                                          **(measure or {})))  # `measure:` of the chain: onnx and speed on or off, budget
         if getattr(model, "class_names", None) and Path(path).is_file():
             label_onnx(path, model.class_names)
         return ""

@@ -53,11 +53,15 @@ def train_images(data) -> int:
 def meta_flops(model: torch.nn.Module, input_shape: tuple) -> int:
     """FLOPs of one forward of one image, counted on the meta device (no memory, no compute)."""
     counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()  # BatchNorm in training mode refuses a batch of one image at 1x1
     try:
         with torch.inference_mode(), counter:
             model(torch.zeros(1, *input_shape, device="meta"))
-    except (RuntimeError, NotImplementedError):  # an op without a meta kernel: the bound keeps its step costs
+    except (RuntimeError, NotImplementedError, ValueError):  # no meta kernel: the bound keeps its step costs
         return 0
+    finally:
+        model.train(was_training)
     return int(counter.get_total_flops())
 
 

@@ -2,7 +2,8 @@
 
 store (URIs, creating the store, one-line store errors, the layout's tags), runs (Tracker: chain, generation,
 search and trial runs, and reading them back), report (the chain's pictures and tables), registry (aliases,
-champion and challenger, promotion records), fetch (models:/ and runs:/ URIs as checkpoints).
+champion and challenger, promotion records), fetch (models:/ and runs:/ URIs as checkpoints), labels (what the
+MLflow UI shows first: run names and descriptions with the figures, links into its training workspace, saved views).
 """
 
 from kdchain.tracking.fetch import CheckpointSourceError, fetch_checkpoint, pin_model_uri
