@@ -33,9 +33,9 @@ from kdchain.checks import check_chain
 from kdchain.distill import Diverged, StateUnreadable, load_train_state
 from kdchain.locks import chain_lock_path, generation_lock_path, held, lock_folder
 from kdchain.models import describe
-from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, generation_key, resolve_chain,
-                             teacher_indices)
-from kdchain.spec import ChainSpec, SpecError, load_spec
+from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, fresh_index, generation_key,
+                             resolve_chain, teacher_indices)
+from kdchain.spec import ChainSpec, load_spec
 from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
 from kdchain.tracking.reuse import (CHECKPOINT, CHECKPOINT_DIGEST, MODEL_URI, REUSED_FROM, final_metrics,
                                     finished_with_key, missing_at_step, record_reuse, run_parent,
@@ -256,19 +256,6 @@ def distill_chain(config: ChainSpec | str, overrides: list[str] = [], tracking_u
     # one process per chain (config, workdir, store): a second one never writes into the first one's runs
     with held(chain_lock_path(locks, chain_digest(spec)), f"chain {spec.name}", waiting):
         return _run_chain(spec, gens, uri, fresh_from, locks, started, logger, marker)
-
-
-def fresh_index(spec: ChainSpec, fresh: bool | str) -> int | None:
-    """The first generation `fresh` retrains (0 = the teacher, so all), or None: reuse what is finished."""
-    if fresh is False or fresh is None or fresh == "":
-        return None
-    if fresh is True or fresh == "teacher":
-        return 0
-    names = [g.name for g in spec.generations]
-    if fresh not in names:
-        raise SpecError([f"--fresh: chain {spec.name} has no generation {fresh!r}; give one of: teacher, "
-                         + ", ".join(names)])
-    return names.index(fresh) + 1
 
 
 def _say(logger, text: str) -> None:

@@ -174,7 +174,7 @@ def cmd_run(args) -> int:
     problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
     if problems:  # before Prefect or MLflow start: nothing is trained or written
         return _fail(problems)
-    from flows.chain import fresh_index
+    from kdchain.resolve import fresh_index
 
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
     # only now: a server starting beside a refusal tripled its time on a busy 2-core box and printed its own lines

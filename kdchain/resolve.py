@@ -113,3 +113,16 @@ def chain_digest(spec: ChainSpec) -> str:
         for g in data["generations"]:
             g.pop("deploy")
     return spec_hash(data)
+
+
+def fresh_index(spec: ChainSpec, fresh: bool | str) -> int | None:
+    """The first generation `fresh` retrains (0 = the teacher, so all), or None: reuse what is finished."""
+    if fresh is False or fresh is None or fresh == "":
+        return None
+    if fresh is True or fresh == "teacher":
+        return 0
+    names = [g.name for g in spec.generations]
+    if fresh not in names:
+        raise SpecError([f"--fresh: chain {spec.name} has no generation {fresh!r}; give one of: teacher, "
+                         + ", ".join(names)])
+    return names.index(fresh) + 1

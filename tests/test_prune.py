@@ -160,9 +160,9 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     mlflow.set_tracking_uri(cfg["tracking"]["uri"])
     data = load_data(spec_from_dict(cfg).data, 0)
     for name in ("B",):  # a pruned generation's logged model (pickle flavour) loads back and scores as reported
-        model = mlflow.pytorch.load_model(f"runs:/{runs[name].info.run_id}/model").eval()
+        model = mlflow.pytorch.load_model(runs[name].data.tags["kdchain.model_uri"]).eval()
         acc = (model(data.test.x).argmax(1) == data.test.y).float().mean().item()
-        assert acc == pytest.approx(runs[name].data.metrics["test_accuracy"], abs=1e-6)
+        assert acc == pytest.approx(runs[name].data.metrics["test_accuracy"], abs=1e-4)  # logged to 4 digits
         onnx = next((tmp_path / "work" / "prunedchain").glob("2-B-*/model.onnx"))
         session = ort.InferenceSession(str(onnx))
         x = data.test.x[:256].numpy()
