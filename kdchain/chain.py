@@ -284,6 +284,8 @@ def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -
         gen = replace(gen, deploy=DeploySpec(quantize="static"))
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        if getattr(model, "class_names", None):  # the same file the chain ships: its outputs named
+            label_onnx(onnx, model.class_names)
         result = quantize_generation(spec, gen, data, onnx, fp32_accuracy)
     return {k: result.metrics[k] for k in ("test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8",
                                            "size_bytes_int8")}

@@ -216,8 +216,13 @@ def check_one(data) -> str:
         code, out, err = run_cli(["validate", str(path), *set_args])
         assert code in (0, 2), (code, out, err)
         outcome = "validated" if code == 0 else "refused"
-        # issue 18's kinds are never harmless: each applied one must be refused
-        assert code == 2 or not any(ok and kind in KINDS[7:] for kind, _, ok in done), (done, out)
+        # issue 18's kinds are never harmless: each applied one must be refused, unless a later mutation inside its
+        # field undid it (a zero loss whose weight was then set to a large number is a valid loss again)
+        def undone(i: int, how: str) -> bool:
+            return any(ok and later.startswith(how + ".") for _, later, ok in done[i + 1:])
+
+        assert code == 2 or not any(ok and kind in KINDS[7:] and not undone(i, how)
+                                    for i, (kind, how, ok) in enumerate(done)), (done, out)
         if code == 0:
             assert out.startswith("OK: ") and err == "", (out, err)
         else:
@@ -238,7 +243,7 @@ def check_one(data) -> str:
         return outcome
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_mutated_configs_validate_or_exit_2_with_one_line_per_problem(data):

@@ -171,7 +171,7 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
         assert diff <= 1e-4 * max(1.0, np.abs(eager).max())
     registered = mlflow.pytorch.load_model("models:/prunedchain-student@latest").eval()
     acc = (registered(data.test.x).argmax(1) == data.test.y).float().mean().item()
-    assert acc == pytest.approx(runs["C"].data.metrics["test_accuracy"], abs=1e-6)
+    assert acc == pytest.approx(runs["C"].data.metrics["test_accuracy"], abs=1e-4)  # logged to 4 digits
 
     # a new chain starts from the logged pruned B (as a retrain from the store would) and prunes it again
     again = digits_chain(tmp_path / "again", name="fromstore", A={"prune": {"width": 0.5, "round_to": 4}})
@@ -181,7 +181,7 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     gens = check_chain(spec)
     assert gens[0].arch.kind == "pruned" and gens[0].arch.record is not None  # the stored B, rebuilt exactly
     teacher = train_generation(spec, 0, None, tmp_path / "again" / "0")[0]
-    assert teacher.metrics["test_accuracy"] == pytest.approx(runs["B"].data.metrics["test_accuracy"], abs=1e-6)
+    assert teacher.metrics["test_accuracy"] == pytest.approx(runs["B"].data.metrics["test_accuracy"], abs=1e-4)
     outcome, _ = train_generation(spec, 1, teacher.checkpoint, tmp_path / "again" / "1")
     assert outcome.metrics["params"] < 0.5 * runs["B"].data.metrics["params"]
     assert "width 0.5 depth 0.5, width 0.5" in outcome.arch_summary
@@ -204,7 +204,7 @@ def cifar_folder(root):
 
 
 def test_a_pruned_vgg19_inspects_offline_and_trains_one_epoch_on_cifar(tmp_path, capsys):
-    cfg = {"name": "vgg-pruned", "workdir": str(tmp_path / "work"),
+    cfg = {"name": "vgg-pruned", "workdir": str(tmp_path / "work"), "measure": {"speed": False},  # ONNX checked
            "data": {"kind": "cifar10", "root": str(cifar_folder(tmp_path / "data")), "image_size": 224, "val": 0.2},
            "teacher": {"model": {"kind": "torchvision", "name": "vgg19", "weights": "IMAGENET1K_V1",
                                  "freeze": ["features"]}},
