@@ -64,7 +64,13 @@ def test_readme_work_pool_procedure_runs_a_retrain(tmp_path):
             time.sleep(2)
         assert runs and runs[0]["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
         # the retrain ran the chain as a subflow: its per-generation records are in the Prefect logs
-        logs = [entry["message"] for entry in api.post("/logs/filter", json={}).json()]
+        logs, offset = [], 0  # every page: the API answers at most 200 records a call
+        while True:
+            page = api.post("/logs/filter", json={"offset": offset, "limit": 200, "sort": "TIMESTAMP_ASC"}).json()
+            logs += [entry["message"] for entry in page]
+            if len(page) < 200:
+                break
+            offset += 200
         assert any(m.startswith("teacher: ") for m in logs) and any(m.startswith("A: ") for m in logs), logs
         chains = MlflowClient(cfg["tracking"]["uri"]).search_runs(
             [MlflowClient(cfg["tracking"]["uri"]).get_experiment_by_name("pooled").experiment_id],
