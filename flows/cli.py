@@ -67,8 +67,8 @@ def _int8_cells(r: dict) -> list[str]:
             f"{r['test_accuracy_int8']:.2%}{flag}", f"{r['latency_ms_int8']:.3f}", f"{r['throughput_ips_int8']:.0f}"]
 
 
-def _load(args, spec=None):
-    spec = spec or load_spec(args.config, args.set or [])
+def _load(args):
+    spec = load_spec(args.config, args.set or [])
     from kdchain.checks import check_chain
 
     check_chain(spec, source=str(args.config))
