@@ -164,6 +164,32 @@ def _flow_run_link(which_server: str, flow_run_id: str | None) -> str | None:
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
+def _watched(call):
+    """Runs a flow with the kept or temporary server watched and progress shown. Ctrl-C, SIGTERM, a lost Prefect
+    server or an unusable store end it with one line: returns (exit code, None) then, else (None, result)."""
+    from flows import server
+    from kdchain.tracking import StoreError
+
+    url = server.api_url()
+    watching = signals.watch_server(url) if url else None
+    progress.enable()
+    try:
+        return None, call()
+    except BaseException as e:  # flows/signals.py says which of these end with one line
+        progress.disable()
+        ended = signals.line_and_code(e)
+        if ended is not None:
+            server.flush_logs()
+            return _fail(*ended), None
+        if isinstance(e, StoreError):
+            return _fail(f"kdchain: {e}"), None
+        raise
+    finally:
+        if watching is not None:
+            watching.set()
+        progress.disable()
+
+
 def cmd_run(args) -> int:
     from flows import server
 
@@ -182,31 +208,16 @@ def cmd_run(args) -> int:
     from flows.chain import distill_chain
 
     _quiet_console()
-    from kdchain.tracking import StoreError, prepare_store, resolve_uri
+    from kdchain.tracking import prepare_store, resolve_uri
 
     prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
     t0 = time.time()
     progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
                            + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
     server.ready()
-    url = server.api_url()
-    watching = signals.watch_server(url) if url else None
-    progress.enable()
-    try:
-        result = distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh or False)
-    except BaseException as e:  # Ctrl-C, SIGTERM, a lost Prefect server: one line (flows/signals.py)
-        progress.disable()
-        ended = signals.line_and_code(e)
-        if ended is not None:
-            server.flush_logs()
-            return _fail(*ended)
-        if isinstance(e, StoreError):
-            return _fail(f"kdchain: {e}")
-        raise
-    finally:
-        if watching is not None:
-            watching.set()
-        progress.disable()
+    ended, result = _watched(lambda: distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh or False))
+    if ended is not None:
+        return ended
     rows = [{"name": g.name, "summary": g.summary, **g.metrics, "note": "reused" if g.name in result.reused else ""}
             for g in result.generations]
     progress.console.print(generation_table(rows, f"{spec.name}: {len(rows)} generations ({time.time() - t0:.0f} s)"))
@@ -227,21 +238,25 @@ def cmd_run(args) -> int:
 def cmd_retrain(args) -> int:
     from flows import server
 
+    signals.install()  # as `kdchain run`: Ctrl-C and SIGTERM end the runs KILLED, with one line
     spec = _load(args)
-    problems = _machine_problems(spec, args)
+    from kdchain.checks import deploy_problems
+
+    problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
     if problems:
         return _fail(problems)
     server.prestart()  # the kept server, or a temporary one starting while Prefect loads
     from flows.retrain import retrain
 
     _quiet_console()
+    from kdchain.tracking import prepare_store, resolve_uri
+
+    prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))
     progress.console.print(f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting Prefect)")
     server.ready()
-    progress.enable()
-    try:
-        result = retrain(spec, tracking_uri=args.tracking_uri)
-    finally:
-        progress.disable()
+    ended, result = _watched(lambda: retrain(spec, tracking_uri=args.tracking_uri))
+    if ended is not None:
+        return ended
     champ = (f"champion version {result.champion_before} at {result.champion_test_accuracy:.2%}"
              if result.champion_before else "no champion yet")
     progress.console.print(f"{result.model_name} version {result.new_version} at {result.new_test_accuracy:.2%} vs "
