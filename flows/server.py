@@ -201,6 +201,18 @@ def api_url() -> str | None:
     return server.api_url if server.running else None
 
 
+def kill_temporary(api_url: str) -> None:
+    """SIGKILL kdchain's temporary server when it is the one at `api_url` and it hangs: Prefect's calls to a server
+    that accepts connections but never answers wait a minute each, to a dead one they fail at once."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    process = getattr(server, "server_process", None)
+    if server.running and server.api_url == api_url and process is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, 9)  # its own session (_OwnedSubprocess): the wrapper and uvicorn together
+
+
 def flush_logs() -> None:
     """Send Prefect's queued log records now: at exit the temporary server stops before Prefect's log worker
     drains (atexit runs in reverse order), which would print "Error logging to API" after our last line."""

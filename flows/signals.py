@@ -13,9 +13,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 RESUME = "run the same command again to resume (finished generations are kept)"
 WATCH_EVERY_S = 2.0  # how often the Prefect server's health is checked while a chain runs
+# A server that accepts connections but has not answered /health for this long is hung (e.g. stopped, or stuck on
+# its database); a busy 2-core machine answers within seconds, so this is generous. The env var is for tests.
+HUNG_AFTER_S = float(os.environ.get("KDCHAIN_SERVER_HUNG_S", "90"))
 _received: list[int] = []
 _lost: list[str] = []  # the API URL of a Prefect server that stopped answering
 
@@ -81,33 +85,40 @@ def claim_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_signal)
 
 
-def _refused(api_url: str) -> bool:
-    """True when nothing listens at the server any more; a slow answer (a busy machine) is not a lost server."""
+def _health(api_url: str) -> str:
+    """"refused" when nothing listens at the server any more, "slow" when it did not answer within WATCH_EVERY_S
+    (a busy machine, or a hung server: watch_server tells them apart by how long it lasts), else "ok"."""
     import httpx
 
     try:
         httpx.get(f"{api_url}/health", timeout=WATCH_EVERY_S)
     except (httpx.ConnectError, httpx.RemoteProtocolError):
-        return True
+        return "refused"
     except httpx.HTTPError:
-        return False
-    return False
+        return "slow"
+    return "ok"
 
 
 def watch_server(api_url: str) -> threading.Event:
-    """Check the Prefect server every WATCH_EVERY_S while the chain runs; two refused checks in a row end the run
-    (see the module docstring) within seconds, instead of Prefect's client retrying each call for a minute.
-    Set the returned event to stop watching."""
+    """Check the Prefect server every WATCH_EVERY_S while the chain runs; two refused checks in a row, or no answer
+    for HUNG_AFTER_S, end the run (see the module docstring) instead of Prefect's client retrying each call for
+    minutes. Set the returned event to stop watching."""
     done = threading.Event()
 
     def watch():
-        misses = 0
+        misses, answered = 0, time.monotonic()
         while not done.wait(WATCH_EVERY_S):
-            misses = misses + 1 if _refused(api_url) else 0
-            if misses == 2 and not done.is_set():
+            health = _health(api_url)
+            misses = misses + 1 if health == "refused" else 0
+            answered = time.monotonic() if health == "ok" else answered
+            if (misses == 2 or time.monotonic() - answered > HUNG_AFTER_S) and not done.is_set():
                 from prefect.settings import get_current_settings
 
                 _lost.append(api_url)
+                if misses < 2:  # hung, not gone: if it is kdchain's own server, make it gone
+                    from flows import server
+
+                    server.kill_temporary(api_url)
                 get_current_settings().client.max_retries = 0  # every later call fails at once instead
                 logging.getLogger("prefect").setLevel(logging.CRITICAL + 1)  # its failures are said in one line
                 logging.raiseExceptions = False  # nor "--- Error logging to API ---" from its log worker

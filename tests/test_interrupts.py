@@ -148,19 +148,26 @@ def test_kill_9_leaves_no_process_of_its_tree(tmp_path, temp_server_env):
     assert not alive(tree), f"still running 5 s after kill -9: {alive(tree)}"
 
 
-def test_a_lost_prefect_server_ends_the_run_in_30_s_with_one_line(tmp_path, temp_server_env):
-    cfg, proc, server = training(tmp_path, "lost", temp_server_env)
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_lost_prefect_server_ends_the_run_in_30_s_with_one_line(tmp_path, temp_server_env, how):
+    """Killed: connections are refused. Hung (SIGSTOP): connections are accepted and never answered, which Prefect's
+    client would wait on for minutes; kdchain gives it KDCHAIN_SERVER_HUNG_S (90 s by default, 8 s here)."""
+    cfg, proc, server = training(tmp_path, f"lost-{how}", {**temp_server_env, "KDCHAIN_SERVER_HUNG_S": "8"})
     t0 = time.monotonic()
     for pid in server:
-        os.kill(pid, signal.SIGKILL)
-    code, out, err = finish(proc, timeout=60)
+        os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+    try:
+        code, out, err = finish(proc, timeout=60)
+    finally:  # a stopped server that kdchain failed to end must not outlive the test
+        for pid in alive(server):
+            os.kill(pid, signal.SIGKILL)
     assert time.monotonic() - t0 < 30, out + err
     assert code == 1, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and re.match(r"kdchain: the Prefect server at http://127.0.0.1:\d+/api stopped answering; "
                                         r"the MLflow runs are ended \(KILLED\)", lines[0]), err
     assert "Traceback" not in out + err
-    statuses = {r.info.status for r in runs_of(store(cfg), "lost")}
+    statuses = {r.info.status for r in runs_of(store(cfg), f"lost-{how}")}
     assert "RUNNING" not in statuses and statuses == {"KILLED"}, statuses
 
 
