@@ -96,7 +96,7 @@ def report(data: str, rows: dict, curves: dict, seconds: dict, teacher: list[flo
     cmd = "python bench/quality_prune.py " + " ".join(sys.argv[1:])
     lines = [f"## pruning study: {data}", "",
              f"Measured by `PREFECT_HOME=... {cmd}` on the shared CPU, seeds {', '.join(map(str, args.seeds))}, "
-             f"{total / 60:.1f} min in all. Teacher test accuracy: {mean_std(teacher)} %. Each variant is a "
+             f"{total / 60:.1f} min of chain runs in all. Teacher test accuracy: {mean_std(teacher)} %. Each variant is a "
              "`distill-chain` run (experiment `quality-" + data + "`).", "",
              "| student | variant | params | test accuracy % (mean ± std) | per seed | wall s / seed |",
              "|---|---|---|---|---|---|"]
@@ -113,6 +113,51 @@ def report(data: str, rows: dict, curves: dict, seconds: dict, teacher: list[flo
     return "\n".join(lines + [""])
 
 
+def finished_chains(client, experiment: str) -> dict[str, tuple]:
+    """{chain name: (chain run, {generation name: generation run})} for the FINISHED chain runs of the study."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    gens: dict[str, dict] = {}
+    for r in runs:
+        if r.data.tags.get("kdchain.kind") == "generation" and r.info.status == "FINISHED":
+            gens.setdefault(r.data.tags.get("mlflow.parentRunId"), {})[r.data.tags["kdchain.generation_name"]] = r
+    return {r.data.tags["kdchain.chain"]: (r, gens.get(r.info.run_id, {})) for r in runs
+            if r.data.tags.get("kdchain.kind") == "chain" and r.info.status == "FINISHED"}
+
+
+def collect(client, experiment: str, seeds: list[int]):
+    """The study's rows, C's curves, wall times and teacher accuracies, read back from the MLflow store (so a study
+    that was stopped reports what it finished, and a rerun with the same --store skips it)."""
+    rows, curves, seconds, teacher, total = {}, {}, {}, [], 0.0
+    chains = finished_chains(client, experiment)
+    for seed in seeds:
+        for name, (run, gens) in sorted(chains.items()):
+            if not name.startswith("qprune-") or not name.endswith(f"-s{seed}"):
+                continue
+            variant = name[len("qprune-"):-len(f"-s{seed}")]
+            total += (run.info.end_time - run.info.start_time) / 1000
+            if variant == "chain-kd" and "teacher" in gens:
+                teacher.append(gens["teacher"].data.metrics["test_accuracy"])
+            for student in ("B", "C"):
+                if student in gens:
+                    m = gens[student].data.metrics
+                    rows.setdefault((student, label(variant)), []).append((m["test_accuracy"], m["params"]))
+                    seconds.setdefault((label(variant), student), []).append(
+                        (run.info.end_time - run.info.start_time) / 1000)
+            if "C" in gens:
+                history = client.get_metric_history(gens["C"].info.run_id, "val_accuracy")
+                curves.setdefault(label(variant), []).append([m.value for m in sorted(history, key=lambda m: m.step)])
+    return rows, curves, seconds, teacher, total
+
+
+def teacher_checkpoint(chains: dict, seed: int) -> str | None:
+    """The teacher the seed's first variant trained (the others load it with `teacher.from`)."""
+    found = chains.get(f"qprune-chain-kd-s{seed}")
+    return found[1]["teacher"].data.tags["kdchain.checkpoint"] if found and "teacher" in found[1] else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=["digits", "marks"], default="digits")
@@ -120,9 +165,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epochs of every generation; default: the config's")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value on the config")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--store", help="the study's folder (MLflow store + workdir); a rerun skips the variants it "
+                                    "finished. Default: a new temporary folder")
+    ap.add_argument("--report-only", action="store_true", help="write the report from --store, train nothing")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="kdchain-qprune-"))
+    tmp = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="kdchain-qprune-"))
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
+    print(f"study folder {tmp}", flush=True)
 
     import logging
 
@@ -133,30 +182,21 @@ def main() -> None:
 
     prepare_store(uri)
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    client = MlflowClient(uri)
     cfg = base_config(args.data, args.overrides, args.epochs, tmp / "work", uri)
-    rows, curves, seconds, teacher_acc = {}, {}, {}, []
-    t0 = time.time()
-    for seed in args.seeds:
-        teacher_ckpt = None
+    experiment = cfg["tracking"]["experiment"]
+    for seed in [] if args.report_only else args.seeds:
         for name in variants(cfg, seed, None):
-            c = variants(cfg, seed, teacher_ckpt)[name]
+            chains = finished_chains(client, experiment)
+            if f"qprune-{name}-s{seed}" in chains:
+                continue
+            c = variants(cfg, seed, teacher_checkpoint(chains, seed))[name]
             result = distill_chain(spec_from_dict(c, name), tracking_uri=uri, fresh=True)
-            gens = {g.name: g for g in result.generations}
-            if teacher_ckpt is None:
-                teacher_ckpt = gens["teacher"].checkpoint
-                teacher_acc.append(gens["teacher"].metrics["test_accuracy"])
-            for student in ("B", "C"):
-                if student in gens:
-                    g = gens[student]
-                    rows.setdefault((student, label(name)), []).append((g.metrics["test_accuracy"], g.metrics["params"]))
-                    seconds.setdefault((label(name), student), []).append(result.seconds)
-            if "C" in gens:
-                history = MlflowClient(uri).get_metric_history(gens["C"].run_id, "val_accuracy")
-                curves.setdefault(label(name), []).append([m.value for m in sorted(history, key=lambda m: m.step)])
             print(f"seed {seed} {name}: " + ", ".join(f"{g.name} {g.metrics['test_accuracy']:.4f} "
                                                       f"({g.metrics['params']:.0f})" for g in result.generations)
                   + f"  {result.seconds:.0f} s", flush=True)
-    text = report(args.data, rows, curves, seconds, teacher_acc, args, time.time() - t0)
+    rows, curves, seconds, teacher_acc, total = collect(client, experiment, args.seeds)
+    text = report(args.data, rows, curves, seconds, teacher_acc, args, total)
     print(text)
     write_section(Path(args.out), f"prune-{args.data}", text)
 
