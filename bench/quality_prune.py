@@ -190,7 +190,7 @@ def main() -> None:
             if f"qprune-{name}-s{seed}" in chains:
                 continue
             c = variants(cfg, seed, teacher_checkpoint(chains, seed))[name]
-            result = distill_chain(spec_from_dict(c, name), tracking_uri=uri, fresh=True)
+            result = distill_chain(spec_from_dict(c, name), tracking_uri=uri)  # a resumed study reuses finished generations
             print(f"seed {seed} {name}: " + ", ".join(f"{g.name} {g.metrics['test_accuracy']:.4f} "
                                                       f"({g.metrics['params']:.0f})" for g in result.generations)
                   + f"  {result.seconds:.0f} s", flush=True)

@@ -156,15 +156,29 @@ def recover(student: nn.Module, teacher: nn.Module, data: list[tuple[torch.Tenso
     student.eval()
 
 
+def rounded_ratios(model: nn.Module, width: float, ignored: list[nn.Module]) -> dict[nn.Module, float]:
+    """Per layer, the pruning ratio that keeps round(C * width) of its C output channels, as `derive` does:
+    torch-pruning keeps int(C * (1 - ratio)), the floor, which made a pruned C of the marks chain 7% smaller than
+    the derived one; asking for the rounded count + 0.5 makes the floor land on it."""
+    ratios = {}
+    for m in model.modules():
+        channels = getattr(m, "out_channels", None) or getattr(m, "out_features", None)
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in ignored and channels:
+            ratios[m] = 1 - min(channels, max(1, round(channels * width)) + 0.5) / channels
+    return ratios
+
+
 def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, sample: Batches) -> None:
     """Prune every layer group of `model` to `prune.width` of its channels, in `prune.steps` steps."""
     if prune.importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                   for m in model.modules()):
         raise SpecError(["model.prune.importance: bn_scale ranks channels by BatchNorm scales and this model has "
                          "no BatchNorm; use importance l2"])
+    ignored = ignored_layers(model)
     pruner = tp.pruner.BasePruner(model, data[0][0][:2], importance=IMPORTANCE[prune.importance](),
                                   pruning_ratio=1 - prune.width, iterative_steps=prune.steps,
-                                  ignored_layers=ignored_layers(model), round_to=prune.round_to)
+                                  pruning_ratio_dict=rounded_ratios(model, prune.width, ignored),
+                                  ignored_layers=ignored, round_to=prune.round_to)
     for step in range(prune.steps):
         if prune.importance == "taylor":  # weight x gradient of the cross-entropy on the seeded batches
             model.zero_grad()
