@@ -435,12 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # known user-facing errors carry their own message
         from kdchain.chain import ResourceError, resource_error
         from kdchain.checkpoints import CheckpointError
-        from kdchain.distill import Diverged
+        from kdchain.distill import Diverged, StateUnreadable
         from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
         from kdchain.tracking import CheckpointSourceError
 
-        if isinstance(e, (CheckpointError, StoreError, ResourceError, CheckpointSourceError)):
+        if isinstance(e, (CheckpointError, StoreError, ResourceError, CheckpointSourceError, StateUnreadable)):
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)

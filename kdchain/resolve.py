@@ -97,13 +97,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# 2: a layer keeps round(C x width) channels, as derive does (1 kept torch-pruning's floor)
+PRUNING_VERSION = 2
+
+
 def generation_key(spec: ChainSpec, gen: ResolvedGeneration, teacher_digest: str | None) -> str:
     """What a generation's result depends on: its resolved spec, the data as it is now (its fingerprint: an image
     folder that grew changes it), the seed, its teacher's weights (for a loaded teacher: the weights it loads)."""
     if gen.index == 0 and spec.teacher.from_ is not None:
         teacher_digest = file_digest(teacher_source(spec))
-    return spec_hash({"generation": gen.as_json(), "data": spec.data.model_dump(mode="json"), "seed": spec.seed,
-                      "teacher": teacher_digest, "data_fingerprint": data_fingerprint(spec.data)})
+    key = {"generation": gen.as_json(), "data": spec.data.model_dump(mode="json"), "seed": spec.seed,
+           "teacher": teacher_digest, "data_fingerprint": data_fingerprint(spec.data)}
+    if gen.arch.kind == "pruned":  # which channels a prune keeps is the code's, not the spec's:
+        key["pruning"] = PRUNING_VERSION  # a change there must not resume a state saved with other shapes
+    return spec_hash(key)
 
 
 def chain_digest(spec: ChainSpec) -> str:

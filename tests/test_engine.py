@@ -1,9 +1,10 @@
 """The engine trains for real: a tiny CNN learns digits; profiles are measured."""
 
+import pytest
 import torch
 
 from kdchain.data import load_data
-from kdchain.distill import evaluate, fit
+from kdchain.distill import StateUnreadable, evaluate, fit
 from kdchain.distill.losses import DistillLoss
 from kdchain.models import build_model, count_params
 from kdchain.measure.profile import profile
@@ -48,6 +49,13 @@ def test_resume_from_state_continues_where_it_stopped(tmp_path):
     resumed = build_model(CnnArch(channels=[8]), 10, 1)
     result = fit(resumed, None, DistillLoss([CeLoss()]), data, TrainSpec(epochs=3), seed=1, state_path=state)
     assert result.resumed_from_epoch == 2 and [r.epoch for r in result.history] == [3]
+    # a state saved for other shapes (a pruning that kept other channels) is refused in one sentence and removed
+    fit(build_model(CnnArch(channels=[8]), 10, 1), None, DistillLoss([CeLoss()]), data, TrainSpec(epochs=2),
+        seed=1, state_path=state)
+    with pytest.raises(StateUnreadable, match="does not fit this student .*run the same command again"):
+        fit(build_model(CnnArch(channels=[6]), 10, 1), None, DistillLoss([CeLoss()]), data, TrainSpec(epochs=3),
+            seed=1, state_path=state)
+    assert not state.exists()
 
 
 def test_profile_counts_params_flops_latency_size():

@@ -132,7 +132,13 @@ def _restore(state_path: Path | None, device, student, loss, opt, sched, gen, re
         state = None
     if state is None:
         return 0
-    student.load_state_dict(state["student"])
+    try:
+        student.load_state_dict(state["student"])
+    except RuntimeError as e:  # saved for other shapes (e.g. by a kdchain whose pruning kept other channels)
+        Path(state_path).unlink(missing_ok=True)
+        why = str(e).strip().splitlines()[-1].strip()[:160]
+        raise StateUnreadable(f"resume state {state_path} does not fit this student ({why}); it is removed: run the "
+                              "same command again to train this generation from epoch 1") from None
     loss.load_state_dict(state["loss"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["schedule"])
