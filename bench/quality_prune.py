@@ -69,7 +69,7 @@ def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
     chain("chain-kd", [{"name": n, "student": arch[n], "distill": KD, "train": train[n]} for n in names])
     chain("pruned-chain", [{"name": n, "student": {"prune": prunes[n]}, "distill": KD, "train": train[n]}
                            for n in names])
-    for i, student in enumerate(names[1:], start=1):
+    for i, student in reversed(list(enumerate(names[1:], start=1))):  # C's variants first
         chain(f"labels-{student}", [{"name": student, "student": arch[student], "distill": LABELS,
                                      "train": train[student]}])
         chain(f"direct-kd-{student}", [{"name": student, "student": arch[student], "distill": KD,
@@ -126,13 +126,13 @@ def finished_chains(client, experiment: str) -> dict[str, tuple]:
             if r.data.tags.get("kdchain.kind") == "chain" and r.info.status == "FINISHED"}
 
 
-def collect(client, experiment: str, seeds: list[int]):
+def collect(clients: list, experiment: str, seeds: list[int]):
     """The study's rows, C's curves, wall times and teacher accuracies, read back from the MLflow store (so a study
     that was stopped reports what it finished, and a rerun with the same --store skips it)."""
     rows, curves, seconds, teacher, total = {}, {}, {}, [], 0.0
-    chains = finished_chains(client, experiment)
+    chains = {name: (client, *found) for client in clients for name, found in finished_chains(client, experiment).items()}
     for seed in seeds:
-        for name, (run, gens) in sorted(chains.items()):
+        for name, (client, run, gens) in sorted(chains.items()):
             if not name.startswith("qprune-") or not name.endswith(f"-s{seed}"):
                 continue
             variant = name[len("qprune-"):-len(f"-s{seed}")]
@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--store", help="the study's folder (MLflow store + workdir); a rerun skips the variants it "
                                     "finished. Default: a new temporary folder")
     ap.add_argument("--report-only", action="store_true", help="write the report from --store, train nothing")
+    ap.add_argument("--also-from", nargs="*", default=[], help="other study folders whose finished variants the "
+                                                                "report includes (seeds run in parallel)")
     args = ap.parse_args()
     tmp = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="kdchain-qprune-"))
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
@@ -194,7 +196,8 @@ def main() -> None:
             print(f"seed {seed} {name}: " + ", ".join(f"{g.name} {g.metrics['test_accuracy']:.4f} "
                                                       f"({g.metrics['params']:.0f})" for g in result.generations)
                   + f"  {result.seconds:.0f} s", flush=True)
-    rows, curves, seconds, teacher_acc, total = collect(client, experiment, args.seeds)
+    clients = [client] + [MlflowClient(f"sqlite:///{Path(d) / 'store' / 'mlflow.db'}") for d in args.also_from]
+    rows, curves, seconds, teacher_acc, total = collect(clients, experiment, args.seeds)
     text = report(args.data, rows, curves, seconds, teacher_acc, args, total)
     print(text)
     write_section(Path(args.out), f"prune-{args.data}", text)
