@@ -17,6 +17,10 @@ def exit_now(code: int) -> None:
         sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()
+    # what the interpreter runs before it joins the threads: concurrent.futures wakes its idle pool workers so that
+    # they end (without it the join below waits forever on an MLflow download pool, e.g. after `kdchain export`)
+    for callback in reversed(getattr(threading, "_threading_atexits", [])):
+        callback()
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()

@@ -15,7 +15,7 @@ from kdchain.chain import quantize_generation
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import Normalise
-from kdchain.measure.export import export_onnx
+from kdchain.measure.export import ORT_DISABLED_OPTIMIZERS, export_onnx
 from kdchain.measure.quantize import onnx_speed
 from kdchain.resolve import resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
@@ -81,7 +81,9 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
                               "normalisation": normalisation(spec, data)},
                     "output": {"name": "logits", "shape": ["batch", data.num_classes], "dtype": "float32"},
                     "class_names": list(data.class_names), "data": spec.data.model_dump(mode="json"),
-                    "seed": spec.seed, "generations": entries}
+                    "seed": spec.seed, "generations": entries,
+                    # the session the figures were measured with: see kdchain.measure.export
+                    "onnxruntime": {"disabled_optimizers": ORT_DISABLED_OPTIMIZERS, "intra_op_num_threads": 1}}
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             out.rmdir()  # empty (checked by the caller); a non-empty folder raises here and is left alone

@@ -237,8 +237,7 @@ def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_pat
         sample = torch.Generator().manual_seed(spec.seed)
         calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
     test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
-    return int8_generation(onnx_path, deploy.quantize, calibration, test, data.input_shape, fp32_accuracy,
-                           deploy.max_drop)
+    return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy)
 
 
 def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -52,7 +53,8 @@ def test_static_int8_is_measured_for_every_generation(static_chain, capsys):
         m = run.data.metrics
         assert set(INT8_KEYS) <= set(m), run.info.run_name
         assert "model.int8.onnx" in [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "onnx")]
-        assert run.data.tags["kdchain.int8.float_ops"] == "none"  # static QDQ: every compute op in int8
+        # static: every compute op in int8 but the first convolution and what follows it up to the next
+        assert run.data.tags["kdchain.int8.float_ops"] == "Conv x1, MaxPool x1, Relu x1"
         assert m["size_bytes_int8"] < m["size_bytes_onnx"]
     c, teacher = gens[-1].data.metrics, gens[0].data.metrics
     # within 1 point, plus one test image of this tiny split (90 images: one image is 1.1 points)
@@ -135,9 +137,13 @@ def test_dynamic_keeps_convs_in_float_and_says_so(tmp_path):
     fp32 = export_onnx(model, (1, 8, 8), tmp_path / "m.onnx")
     dynamic = quantize_onnx(fp32, tmp_path / "d.onnx", "dynamic")
     assert "Conv" in float_ops(dynamic) and "Gemm" not in float_ops(dynamic)
-    static = quantize_onnx(fp32, tmp_path / "s.onnx", "static", np.random.default_rng(0).standard_normal(
-        (64, 1, 8, 8), dtype=np.float32))
-    assert float_ops(static) == {}
+    images = np.random.default_rng(0).standard_normal((64, 1, 8, 8), dtype=np.float32)
+    static = quantize_onnx(fp32, tmp_path / "s.onnx", "static", images)  # the defaults: qoperator, first conv float
+    assert float_ops(static) == {"Conv": 1, "Relu": 1, "MaxPool": 1}
+    qdq = quantize_onnx(fp32, tmp_path / "q.onnx", "static", images, quant_format="qdq", first_conv="int8")
+    assert float_ops(qdq) == {}
+    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
+    assert "QLinearConv" in ops(static) and "QLinearConv" not in ops(qdq) and static.stat().st_size < qdq.stat().st_size
     flagged = Int8Result(static, {"accuracy_drop_int8": 2.5}, {"Conv": 2}, flagged=True)
     assert int8_tags(flagged, 1.0) == {"kdchain.int8.float_ops": "Conv x2",
                                        "kdchain.int8.flag": "int8 test accuracy 2.50 points below fp32 (max_drop 1)"}

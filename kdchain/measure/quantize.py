@@ -1,9 +1,11 @@
 """int8 versions of a generation's ONNX file, through ONNX Runtime's own quantizer, and what they cost and lose.
 
-static: `quantize_static` in QDQ format with per-channel int8 weights, activation ranges calibrated (min/max) on
-a seeded sample of training images; dynamic: `quantize_dynamic`, int8 weights of MatMul/Gemm with activations
-quantized at run time (convolutions stay float: ONNX Runtime's ConvInteger is slow or missing on CPU). The int8
-model is timed like the fp32 one (kdchain.measure.export: batch-1 median latency, batch-64 throughput, 1 thread).
+static: `quantize_static` with per-channel int8 weights, activation ranges calibrated (min/max) on a seeded sample
+of training images, written as ONNX Runtime's integer operators (QOperator: QLinearConv, QGemm) or as QDQ pairs
+around float operators (`deploy.quant_format`); the first convolution stays float unless `deploy.first_conv: int8`.
+dynamic: `quantize_dynamic`, int8 weights of MatMul/Gemm with activations quantized at run time (convolutions
+stay float: ONNX Runtime's ConvInteger is slow or missing on CPU). The int8 model is timed like the fp32 one
+(kdchain.measure.export: batch-1 median latency, batch-64 throughput, 1 thread).
 """
 
 import tempfile
@@ -50,8 +52,10 @@ class _Calibration:
         return None if batch is None else {"x": np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | None = None) -> Path:
-    """Write the int8 version of `fp32` to `out`; `calibration` (N, C, H, W) images are required for static."""
+def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | None = None,
+                  quant_format: str = "qoperator", first_conv: str = "float") -> Path:
+    """Write the int8 version of `fp32` to `out`; `calibration` (N, C, H, W) images are required for static.
+    `quant_format` and `first_conv` are DeploySpec's (static only)."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -67,8 +71,10 @@ def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | No
                     raise QuantizeError(f"static quantization of {fp32.name} needs calibration images")
                 reader = _Calibration(calibration)
                 CalibrationDataReader.register(type(reader))
-                quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
+                quantize_static(str(prepared), str(out), reader, quant_format=fmt, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_exclude=_first_conv(prepared) if first_conv == "float" else None)
             elif mode == "dynamic":
                 quantize_dynamic(str(prepared), str(out), op_types_to_quantize=["MatMul", "Gemm"],
                                  per_channel=True, weight_type=QuantType.QInt8)
@@ -79,14 +85,22 @@ def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | No
     except Exception as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
         raise QuantizeError(f"ONNX Runtime could not quantize {fp32} ({mode}): {first}") from None
-    compact_names(out)
+    compact_graph(out)
     return out
 
 
-def compact_names(path: Path) -> None:
-    """Rename the graph's tensors t0, t1, ... and drop node names and inferred shapes, keeping input `x` and
-    output `logits`: the exporter's scoped names, tripled by the quantizer's _quantized/_scale/_zero_point
-    suffixes, were 40% of a small model's int8 file (digits C: 15,049 -> 7,200 bytes)."""
+def _first_conv(path: Path) -> list[str]:
+    """The name of the graph's first Conv node (none: an empty list), for quantize_static's nodes_to_exclude."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"][:1]
+
+
+def compact_graph(path: Path) -> None:
+    """Rename the graph's tensors t0, t1, ... and drop node names, inferred shapes, the quantizer's metadata, the
+    opset imports no node uses and attributes equal to their ONNX default, keeping input `x` and output `logits`:
+    the exporter's scoped names, tripled by the quantizer's _quantized/_scale/_zero_point suffixes, were 40% of a
+    small model's int8 file (digits C: 15,049 -> 7,200 bytes); the quantizer imports 9 opset domains for 2 used."""
     import onnx
 
     model = onnx.load(str(path))
@@ -104,7 +118,31 @@ def compact_names(path: Path) -> None:
     for init in graph.initializer:
         init.name = short(init.name)
     del graph.value_info[:]
+    _drop_default_attributes(model)
+    used = {node.domain for node in graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    del model.metadata_props[:]
     onnx.save(model, str(path))
+
+
+def _drop_default_attributes(model) -> None:
+    """Remove node attributes whose value is the default in the operator's ONNX schema (group=1, ceil_mode=0, ...);
+    operators the onnx package has no schema for (ONNX Runtime's com.microsoft ones) keep theirs."""
+    import onnx
+
+    versions = {o.domain: o.version for o in model.opset_import}
+    for node in model.graph.node:
+        try:
+            schema = onnx.defs.get_schema(node.op_type, versions.get(node.domain, 1), node.domain)
+        except onnx.defs.SchemaError:
+            continue
+        defaults = {name: a.default_value for name, a in schema.attributes.items() if a.default_value.name}
+        keep = [a for a in node.attribute if a.name not in defaults
+                or onnx.helper.get_attribute_value(a) != onnx.helper.get_attribute_value(defaults[a.name])]
+        del node.attribute[:]
+        node.attribute.extend(keep)
 
 
 def float_ops(path: Path) -> dict[str, int]:
@@ -118,8 +156,7 @@ def float_ops(path: Path) -> dict[str, int]:
     weights = {i.name for i in graph.initializer}
     left = Counter()
     for node in graph.node:
-        if node.op_type in QUANT_OPS or node.op_type in LAYOUT_OPS or "Integer" in node.op_type \
-                or node.op_type.startswith("QLinear"):
+        if node.op_type in QUANT_OPS or node.op_type in LAYOUT_OPS or _integer_kernel(node.op_type):
             continue
         data = [i for i in node.input if i and i not in weights]
         if any(not _quantized_path(produced_by.get(i)) for i in data):
@@ -127,8 +164,13 @@ def float_ops(path: Path) -> dict[str, int]:
     return dict(left)
 
 
+def _integer_kernel(op: str) -> bool:
+    """ConvInteger/MatMulInteger (dynamic), QLinearConv/QLinearMatMul/... and ONNX Runtime's QGemm (QOperator)."""
+    return "Integer" in op or op.startswith("QLinear") or op == "QGemm"
+
+
 def _quantized_path(op: str | None) -> bool:
-    return op is not None and (op in QUANT_OPS or "Integer" in op or op.startswith("QLinear") or op == "Cast")
+    return op is not None and (op in QUANT_OPS or _integer_kernel(op) or op == "Cast")
 
 
 def onnx_accuracy(path: Path, test: Iterable[tuple[np.ndarray, np.ndarray]], threads: int = 1) -> float:
@@ -154,11 +196,14 @@ def onnx_speed(path: Path, input_shape: tuple[int, ...], threads: int = 1, runs:
     return t1 * 1000, 64 / t64
 
 
-def int8_generation(fp32: Path, mode: str, calibration: np.ndarray | None,
+def int8_generation(fp32: Path, deploy, calibration: np.ndarray | None,
                     test: Iterable[tuple[np.ndarray, np.ndarray]], input_shape: tuple[int, ...],
-                    fp32_accuracy: float, max_drop: float, threads: int = 1) -> Int8Result:
-    """Quantize `fp32` (model.onnx) to model.int8.onnx beside it, then score and time it; `max_drop` in points."""
-    path = quantize_onnx(fp32, Path(fp32).with_suffix(".int8.onnx"), mode, calibration)
+                    fp32_accuracy: float, threads: int = 1) -> Int8Result:
+    """Quantize `fp32` (model.onnx) to model.int8.onnx beside it as `deploy` (a DeploySpec) says, then score and
+    time it; flagged past deploy.max_drop points below `fp32_accuracy`."""
+    path = quantize_onnx(fp32, Path(fp32).with_suffix(".int8.onnx"), deploy.quantize, calibration,
+                         deploy.quant_format, deploy.first_conv)
+    max_drop = deploy.max_drop
     accuracy = onnx_accuracy(path, test, threads)
     latency, throughput = onnx_speed(path, input_shape, threads)
     drop = (fp32_accuracy - accuracy) * 100
