@@ -84,12 +84,12 @@ def cmd_sweep(args) -> int:
     from flows.cli import _fail, _machine_problems, _quiet_console
     from kdchain.sweep import plan_sweep
 
-    signals.install()
     settings = sweep_settings(args)
     jobs = plan_sweep(settings)  # every chain's config checked: SpecError (exit 2) before anything runs
     problems = _machine_problems(jobs[0].spec, args)
     if problems:
         return _fail(problems)
+    signals.install()  # Ctrl-C and SIGTERM: one line, the sweep run ended KILLED
     # the Dask workers' Prefect console (they inherit this environment): warnings only, as the command's own
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     server.prestart()  # a kept server, or a temporary one starting while Prefect and the store load

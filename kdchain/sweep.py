@@ -183,14 +183,11 @@ def summarize(outcomes: list[ChainOutcome]) -> list[SummaryRow]:
                                                                    generation=g["name"], architecture=g["summary"]))
             row.accuracy[o.seed] = g["test_accuracy"]
             row.params = g["params"] if row.params is None else row.params
-    for o in outcomes:
-        if o.status != "FINISHED":
-            mine = [r for (p, _), r in rows.items() if p == o.point]
-            if not mine:
-                rows[(o.point, "-")] = mine_row = SummaryRow(point=o.point, label=labels[o.point], generation="-")
-                mine = [mine_row]
-            for r in mine:
-                r.failed = sorted({*r.failed, o.seed})
+    for o in (o for o in outcomes if o.status != "FINISHED"):
+        if not any(p == o.point for p, _ in rows):  # no chain of this grid point finished
+            rows[(o.point, "-")] = SummaryRow(point=o.point, label=labels[o.point], generation="-")
+        for r in (r for (p, _), r in rows.items() if p == o.point):
+            r.failed = sorted({*r.failed, o.seed})
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], _order(outcomes, k)))]
 
 
