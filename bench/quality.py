@@ -161,7 +161,10 @@ def main() -> None:
 
     import logging
 
+    from flows import server
     from flows.cli import _quiet_console
+
+    server.prestart()  # a kept server, or a temporary one (given time to migrate a fresh PREFECT_HOME)
     from flows.sweep import run_sweep  # prefect imported here, after the environment is set
     from kdchain.distill import pick_device
     from kdchain.tracking import prepare_store
@@ -173,6 +176,7 @@ def main() -> None:
     settings = SweepSpec(config=str(CONFIGS[args.data]), sets=args.overrides, seeds=args.seeds,
                          runner=SearchRunner(kind=args.runner, workers=args.workers))
     t0 = time.time()
+    server.ready()
     result = run_sweep(jobs_of(cfg, args.seeds), f"quality-{args.data}", settings, args.tracking_uri)
     acc, teacher_acc = accuracies(result, cfg, args.seeds)
     text = report(args.data, acc, teacher_acc, args, time.time() - t0, str(pick_device(cfg.get("device", "auto"))),

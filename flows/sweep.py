@@ -50,7 +50,8 @@ def sweep_chain(job: SweepJob, tracking_uri: str | None, sweep_run_id: str) -> C
     _quiet_console()  # in a Dask worker process too: Prefect's warnings only, no run tracebacks (one line instead)
     uri = resolve_uri(tracking_uri, job.spec.tracking.uri)
     try:
-        result = distill_chain(job.spec, tracking_uri=tracking_uri)
+        # the grid point in the chain run's and the flow run's names: `digits-chain · seed 0 · <digest> · C.train...`
+        result = distill_chain(job.spec, tracking_uri=tracking_uri, marker=job.label)
     except BaseException:
         chain = chain_run_of(uri, job.spec.experiment_name(), chain_digest(job.spec))
         if chain is not None:  # a chain that failed mid-way still belongs to the sweep

@@ -41,6 +41,7 @@ def test_sweep_of_two_values_and_two_seeds_on_a_local_dask_cluster(tmp_path):
     assert all(c.info.status == "FINISHED" for c in chains) and sweep.info.status == "FINISHED"
     assert {c.data.tags["kdchain.sweep_run_id"] for c in chains} == {sweep.info.run_id}
     assert {c.data.tags["mlflow.parentRunId"] for c in chains} == {sweep.info.run_id}  # folded under it in the UI
+    assert all(c.data.tags["kdchain.sweep_point"].split(" · ")[0] in c.info.run_name for c in chains)
 
     # the summary on the sweep run is the chains' own figures, averaged over the seeds
     table = json.loads(open(client.download_artifacts(sweep.info.run_id, "sweep.json", str(tmp_path))).read())
