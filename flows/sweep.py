@@ -7,6 +7,7 @@ that fails does not stop the others: its row of the summary says so, and the swe
 Failed. (No `from __future__ import annotations`: Prefect validates the real annotations.)
 """
 
+import contextlib
 import logging
 import time
 
@@ -53,9 +54,10 @@ def sweep_chain(job: SweepJob, tracking_uri: str | None, sweep_run_id: str) -> C
         # the grid point in the chain run's and the flow run's names: `digits-chain · seed 0 · <digest> · C.train...`
         result = distill_chain(job.spec, tracking_uri=tracking_uri, marker=job.label)
     except BaseException:
-        chain = chain_run_of(uri, job.spec.experiment_name(), chain_digest(job.spec))
-        if chain is not None:  # a chain that failed mid-way still belongs to the sweep
-            attach_chain(uri, sweep_run_id, chain, job.label, job.seed)
+        with contextlib.suppress(Exception):  # a store that cannot be read must not hide the chain's own error
+            chain = chain_run_of(uri, job.spec.experiment_name(), chain_digest(job.spec))
+            if chain is not None:  # a chain that failed mid-way still belongs to the sweep
+                attach_chain(uri, sweep_run_id, chain, job.label, job.seed)
         raise
     attach_chain(uri, sweep_run_id, result.chain_run_id, job.label, job.seed)
     gens = [{"name": g.name, "summary": g.summary, "test_accuracy": g.metrics["test_accuracy"],
@@ -72,9 +74,11 @@ def _quiet_console() -> None:
 
 def _failed(job: SweepJob, error: BaseException, uri: str) -> ChainOutcome:
     first = (str(error).strip().splitlines() or [""])[0]
+    chain = None
+    with contextlib.suppress(Exception):
+        chain = chain_run_of(uri, job.spec.experiment_name(), chain_digest(job.spec))
     return ChainOutcome(point=job.point, label=job.label, seed=job.seed, status="FAILED",
-                        error=f"{type(error).__name__}: {first}"[:500],
-                        chain_run_id=chain_run_of(uri, job.spec.experiment_name(), chain_digest(job.spec)))
+                        error=f"{type(error).__name__}: {first}"[:500], chain_run_id=chain)
 
 
 def _line(o: ChainOutcome, done: int, total: int) -> str:
