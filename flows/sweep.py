@@ -26,7 +26,8 @@ from kdchain.resolve import chain_digest
 from kdchain.spec import SweepSpec, flatten
 from kdchain.sweep import ChainOutcome, SummaryRow, SweepJob, summarize, summary_records
 from kdchain.tracking import resolve_uri
-from kdchain.tracking.sweep import attach_chain, chain_run_of, end_sweep_run, finish_sweep_run, start_sweep_run
+from kdchain.tracking.sweep import (attach_chain, chain_run_of, end_sweep_run, end_unfinished_chains, finish_sweep_run,
+                                   start_sweep_run)
 
 
 class SweepResult(BaseModel):
@@ -143,7 +144,14 @@ def run_sweep(jobs: list[SweepJob], title: str, settings: SweepSpec, tracking_ur
     # distributed sets its loggers' levels on import: "worker process still alive after 4 s, killing" as the
     # local cluster closes is no news to a user
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-    state = sweep.with_options(task_runner=runner)(jobs, title, settings, tracking_uri, return_state=True)
+    started_ms = int(time.time() * 1000)
+    try:
+        state = sweep.with_options(task_runner=runner)(jobs, title, settings, tracking_uri, return_state=True)
+    except BaseException as e:  # Ctrl-C, SIGTERM: the task runner has stopped its workers by now
+        end_unfinished_chains([(resolve_uri(tracking_uri, j.spec.tracking.uri), j.spec.experiment_name(),
+                                chain_digest(j.spec)) for j in jobs], started_ms,
+                              "KILLED" if interrupted(e) else "FAILED")
+        raise
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # the sweep itself broke (not one of its chains): its own error
         raise result

@@ -92,6 +92,7 @@ def cmd_sweep(args) -> int:
     signals.install()  # Ctrl-C and SIGTERM: one line, the sweep run ended KILLED
     # the Dask workers' Prefect console (they inherit this environment): warnings only, as the command's own
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # nor Dask's notes on cancelled tasks at Ctrl-C
     server.prestart()  # a kept server, or a temporary one starting while Prefect and the store load
     from flows.sweep import run_sweep
     from kdchain.tracking import prepare_store, resolve_uri

@@ -76,5 +76,22 @@ def end_sweep_run(uri: str, run_id: str, status: str) -> None:
         MlflowClient(uri).set_terminated(run_id, status=status)
 
 
+def end_unfinished_chains(chains: list[tuple[str, str, str]], since_ms: int, status: str) -> int:
+    """After an interrupted sweep, once its workers are gone: the chain runs it started (after `since_ms`) that
+    are still RUNNING end `status` with their generation runs, never RUNNING. `chains` = [(tracking URI,
+    experiment, chain digest)]. Running the same sweep again resumes them. Returns how many were ended."""
+    ended = 0
+    for uri, experiment, digest in chains:
+        with contextlib.suppress(Exception):
+            chain = chain_run_of(uri, experiment, digest)
+            run = MlflowClient(uri).get_run(chain) if chain else None
+            if run is not None and run.info.status == "RUNNING" and run.info.start_time >= since_ms:
+                tracker = Tracker(uri, experiment, experiment_id=run.info.experiment_id)
+                tracker.end_stale_runs(chain)
+                tracker.finish_chain(chain, status=status)
+                ended += 1
+    return ended
+
+
 def _shown(record: dict) -> dict:
     return {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in record.items()}
