@@ -6,16 +6,18 @@ and for student B and student C (the architectures the config's chain resolves t
   direct   - distilled directly from the teacher (teacher -> B, teacher -> C)
   chain    - at its place in teacher -> A -> B -> C
 each of direct/chain for `kd` (kd 0.7, T 4 + ce 0.3) and `kd+feature` (+ feature MSE 0.5 on the last maps).
-Every variant is a real `distill-chain` flow run, recorded in MLflow (experiment `quality-<data>`). The table of
-test accuracies (mean ± sample std over the seeds) goes into docs/results.md, in this data set's section.
+Every variant is a real `distill-chain` flow run, recorded in MLflow (experiment `quality-<data>`); they run as
+one sweep (flows/sweep.py: the variants x seeds at once on a local Dask cluster, or threads, under a parent MLflow
+sweep run). Each seed's teacher is trained once: the other variants of that seed have the same teacher, so its
+generation key, and reuse it. The table of test accuracies (mean ± sample std over the seeds, the sweep's summary)
+goes into docs/results.md, in this data set's section.
 
-    PREFECT_HOME=/tmp/prefect-quality python bench/quality.py --data digits --seeds 3 --epochs 4
+    PREFECT_HOME=/tmp/prefect-quality python bench/quality.py --data digits --seeds 0 1 2 --epochs 4
 """
 
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +31,8 @@ from _common import ROOT  # noqa: E402
 import yaml  # noqa: E402
 
 from kdchain.resolve import resolve_chain  # noqa: E402
-from kdchain.spec import apply_override, spec_from_dict  # noqa: E402
+from kdchain.spec import SearchRunner, SweepSpec, apply_override, spec_from_dict  # noqa: E402
+from kdchain.sweep import SweepJob, mean_std  # noqa: E402
 
 CONFIGS = {"digits": ROOT / "configs" / "digits-chain.yaml", "marks": ROOT / "configs" / "marks-chain.yaml"}
 METHODS = {
@@ -54,8 +57,8 @@ def base_config(data: str, overrides: list[str], epochs: int | None, workdir: Pa
     return cfg
 
 
-def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
-    """{variant name: chain config} for one seed. The first (chain kd) trains the teacher when none is given."""
+def variants(cfg: dict, seed: int) -> dict[str, dict]:
+    """{variant name: chain config} for one seed; every one has the config's teacher (trained once per seed)."""
     resolved = resolve_chain(spec_from_dict({**cfg, "seed": seed}))
     arch = {g.name: g.arch.model_dump(mode="json") for g in resolved}
     train = {g["name"]: g.get("train", {}) for g in cfg["generations"]}
@@ -64,8 +67,6 @@ def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
     def chain(name, gens):
         c = copy.deepcopy(cfg) | {"seed": seed, "name": f"quality-{name.replace('+', '-')}-s{seed}",
                                   "generations": gens}
-        if teacher_ckpt is not None:
-            c["teacher"] = {"from": teacher_ckpt}
         c["tracking"] = dict(cfg["tracking"], register_as=f"{c['name']}-student")
         out[name] = c
 
@@ -82,13 +83,7 @@ def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
     return out
 
 
-def mean_std(xs: list[float]) -> str:
-    m = statistics.mean(xs) * 100
-    s = statistics.stdev(xs) * 100 if len(xs) > 1 else 0.0
-    return f"{m:.2f} ± {s:.2f}"
-
-
-def report(data: str, acc: dict, teacher: list[float], args, seconds: float, device: str) -> str:
+def report(data: str, acc: dict, teacher: list[float], args, seconds: float, device: str, sweep_run: str) -> str:
     """The markdown section of this data set: acc[(student, variant)] = [test accuracy per seed]."""
     rows = ["| student | variant | test accuracy % (mean ± std) | per seed |", "|---|---|---|---|"]
     for (student, variant), xs in acc.items():
@@ -106,7 +101,7 @@ def report(data: str, acc: dict, teacher: list[float], args, seconds: float, dev
         f"Measured by `PREFECT_HOME=... {cmd}` on {device}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
         f"{args.epochs or 'the config''s'} epochs per generation, {seconds / 60:.1f} min in all. "
         f"Teacher test accuracy: {mean_std(teacher)} %. Every variant is one `distill-chain` run in MLflow "
-        f"(experiment `quality-{data}`, store `{args.tracking_uri}`).", "",
+        f"(experiment `quality-{data}`, store `{args.tracking_uri}`), all under sweep run `{sweep_run}`.", "",
         *rows, "", *diffs, ""])
 
 
@@ -121,6 +116,33 @@ def write_section(path: Path, data: str, text: str) -> None:
     path.write_text(old)
 
 
+def jobs_of(cfg: dict, seeds: list[int]) -> list[SweepJob]:
+    """One sweep job per variant and seed; the variant is the grid point. Variant-major, so that the first chains
+    to start are one per seed, each training its seed's teacher, which the later ones reuse."""
+    configs = {seed: variants(cfg, seed) for seed in seeds}
+    return [SweepJob(point=point, label=name, seed=seed, spec=spec_from_dict(configs[seed][name], name))
+            for point, name in enumerate(configs[seeds[0]]) for seed in seeds]
+
+
+def accuracies(result, cfg: dict, seeds: list[int]) -> tuple[dict, list[float]]:
+    """From the sweep's summary: acc[(student, variant)] = [test accuracy per seed], and the teachers'."""
+    failed = [f"{o.label} seed {o.seed}: {o.error}" for o in result.failed]
+    if failed:
+        raise SystemExit("chains failed:\n" + "\n".join(failed))
+    students = [g["name"] for g in cfg["generations"]][1:]  # B, C
+    acc: dict[tuple[str, str], list[float]] = {}
+    teacher: list[float] = []
+    for row in result.rows:
+        kind, _, rest = row.label.partition("-")
+        per_seed = [row.accuracy[s] for s in seeds]
+        if row.generation == "teacher" and row.point == 0:
+            teacher = per_seed
+        elif row.generation in students and (kind == "chain" or rest.endswith(row.generation)):
+            method = rest.rsplit("-", 1)[0] if kind == "direct" else rest
+            acc[(row.generation, "labels" if kind == "labels" else f"{kind} {method}")] = per_seed
+    return dict(sorted(acc.items())), teacher
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=sorted(CONFIGS), default="digits")
@@ -129,6 +151,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value on the config")
     ap.add_argument("--tracking-uri", default=None, help="default: a new sqlite store in a temporary folder")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--runner", choices=["dask", "threads"], default="dask", help="where the chains run at once")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="chains at a time")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdchain-quality-"))
@@ -137,36 +161,26 @@ def main() -> None:
 
     import logging
 
-    from flows.chain import distill_chain  # prefect imported here, after the environment is set
+    from flows import server
+    from flows.cli import _quiet_console
+
+    server.prestart()  # a kept server, or a temporary one (given time to migrate a fresh PREFECT_HOME)
+    from flows.sweep import run_sweep  # prefect imported here, after the environment is set
     from kdchain.distill import pick_device
     from kdchain.tracking import prepare_store
 
     prepare_store(args.tracking_uri)
+    _quiet_console()
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # the per-model pickle-format warning, 100 times
     cfg = base_config(args.data, args.overrides, args.epochs, workdir, args.tracking_uri)
-    acc: dict[tuple[str, str], list[float]] = {}
-    teacher_acc = []
+    settings = SweepSpec(config=str(CONFIGS[args.data]), sets=args.overrides, seeds=args.seeds,
+                         runner=SearchRunner(kind=args.runner, workers=args.workers))
     t0 = time.time()
-    for seed in args.seeds:
-        teacher_ckpt = None
-        for name, c in variants(cfg, seed, None).items():
-            if teacher_ckpt is not None:  # the seed's teacher, trained by its first chain, teaches all the others
-                c = variants(cfg, seed, teacher_ckpt)[name]
-            result = distill_chain(spec_from_dict(c, name), tracking_uri=args.tracking_uri, fresh=True)
-            gens = {g.name: g for g in result.generations}
-            if teacher_ckpt is None:
-                teacher_ckpt = gens["teacher"].checkpoint
-                teacher_acc.append(gens["teacher"].metrics["test_accuracy"])
-            kind, _, rest = name.partition("-")
-            method = rest.rsplit("-", 1)[0] if kind == "direct" else rest
-            for student in [g["name"] for g in cfg["generations"]][1:]:
-                if student in gens and (kind == "chain" or rest.endswith(student)):
-                    variant = "labels" if kind == "labels" else f"{kind} {method}"
-                    acc.setdefault((student, variant), []).append(gens[student].metrics["test_accuracy"])
-            print(f"seed {seed} {name}: " + ", ".join(f"{g.name} {g.metrics['test_accuracy']:.4f}"
-                                                      for g in result.generations), flush=True)
-    acc = dict(sorted(acc.items()))
-    text = report(args.data, acc, teacher_acc, args, time.time() - t0, str(pick_device(cfg.get("device", "auto"))))
+    server.ready()
+    result = run_sweep(jobs_of(cfg, args.seeds), f"quality-{args.data}", settings, args.tracking_uri)
+    acc, teacher_acc = accuracies(result, cfg, args.seeds)
+    text = report(args.data, acc, teacher_acc, args, time.time() - t0, str(pick_device(cfg.get("device", "auto"))),
+                  result.sweep_run_id)
     print(text)
     write_section(Path(args.out), args.data, text)
 

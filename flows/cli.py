@@ -1,4 +1,4 @@
-"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, export, ui.
+"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, export, ui, sweep.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
@@ -403,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     p.set_defaults(fn=cmd_clean)
 
+    from flows.sweep_command import add_sweep_args, cmd_sweep
+
+    p = sub.add_parser("sweep", help="a grid of settings x seeds, each a chain run, at once on Dask or threads; "
+                                     "test accuracy mean ± std per grid point and generation")
+    add_sweep_args(p)
+    p.set_defaults(fn=cmd_sweep)
+
     from flows.export import add_export_args, cmd_export
 
     p = sub.add_parser("export", help="a chain run's generations as fp32 and int8 ONNX files with manifest.json")
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
         line, code = signals.line_and_code(e)
-        return _fail(line if args.command in ("run", "retrain") else "kdchain: interrupted", code)
+        return _fail(line if args.command in ("run", "retrain", "sweep") else "kdchain: interrupted", code)
     except BrokenPipeError:  # `kdchain compare --json | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -17,6 +17,7 @@ from kdchain.spec.models import (AnyArch, Arch, CnnArch, Derive, DeriveStudent, 
                                  ResnetArch, StudentSpec, TimmArch, TorchvisionArch, is_checkpoint_path)
 from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, SearchObjective, SearchRunner,
                                  SearchSpace, SearchSpec, SmallestRetaining)
+from kdchain.spec.sweep import SweepSpec
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
 from kdchain.spec.train import TrainSpec
 
@@ -28,5 +29,5 @@ __all__ = [
     "AnyArch", "Arch", "CnnArch", "Derive", "DeriveStudent", "Prune", "PrunedArch", "PruneStudent", "ResnetArch",
     "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
     "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
-    "SearchSpec", "SmallestRetaining", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "SearchSpec", "SmallestRetaining", "SweepSpec", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
 ]
