@@ -107,3 +107,7 @@ def test_chain_starts_from_a_logged_model_without_training_it(tmp_path, prefect_
     client = MlflowClient(cfg["tracking"]["uri"])
     assert client.get_metric_history(teacher.run_id, "train_loss") == []  # evaluated, not trained
     assert "cnn 8-16" in teacher.summary and student.summary == "cnn 4-8"  # derive works off its architecture
+    # referenced, not copied: the teacher's run points at A's logged model and logs no weights of its own
+    assert teacher.model_uri == source.model_uri
+    assert client.search_logged_models([client.get_run(teacher.run_id).info.experiment_id],
+                                       f"source_run_id = '{teacher.run_id}'") == []
