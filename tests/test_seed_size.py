@@ -17,7 +17,7 @@ WEIGHT_FILES = {".pt", ".pth", ".onnx"}
 
 
 @pytest.mark.slow  # 99 s of CPU (175 s wall at load 7): VGG19's ONNX export, check and timing at the default budget,
-# 4.9 GB written (stand-in weights, checkpoint, logged model, ONNX, training state); 8 + 4 images are the floor
+# 4.9 GB written (stand-in weights, checkpoint, logged model, ONNX, training state); images cost little beside that
 def test_the_seed_chain_runs_at_224_and_stores_each_generation_twice(tmp_path, monkeypatch, prefect_harness):
     sets = seed_stand_in(tmp_path / "inputs")  # 8 training and 4 test images, VGG19's 548 MB state dict
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "inputs" / "torch"))
@@ -26,6 +26,7 @@ def test_the_seed_chain_runs_at_224_and_stores_each_generation_twice(tmp_path, m
     t0 = time.perf_counter()
     assert main(args + [a for s in sets for a in ("--set", s)]) == 0
     seconds = time.perf_counter() - t0
+    assert seconds < 600  # stated: 175 s at load 7 on 2 cores; minutes, not the 798 s of the teacher alone before
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("seed-vgg19-cifar10")

@@ -12,10 +12,11 @@ class MeasureSpec(Strict):
     onnx: bool = Field(True, description="export each generation to ONNX, check it against torch and time it; "
                                          "false = no ONNX export, no ONNX figures")
     keep_onnx: bool = Field(False, description="keep the checked ONNX file beside the checkpoint (model.onnx) and "
-                                               "log it to MLflow (onnx/model.onnx); false = it is removed once "
-                                               "measured, so each generation's weights are stored twice, not four "
-                                               "times (workdir model.pt, MLflow logged model); `kdchain export` "
-                                               "makes the ONNX files to ship from the logged model")
+                                               "log it to MLflow (onnx/model.onnx): two more copies of the weights; "
+                                               "false = it is removed once measured (and quantized from), so each "
+                                               "generation's weights are stored twice (workdir model.pt, MLflow "
+                                               "logged model) and `kdchain export` makes the ONNX files to ship "
+                                               "from the logged model")
     speed: bool = Field(True, description="time torch eager (and ONNX Runtime, with onnx) at batch 1 and at a "
                                           "throughput batch; false = only the batch-1 eager latency of the profile")
     runs: int = Field(30, ge=1, description="timed runs per figure, at most (after a few untimed warm-up runs)")
