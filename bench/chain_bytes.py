@@ -1,6 +1,10 @@
 """Bytes one chain run leaves on disk, and how many copies of each generation's weights that is.
 
     python bench/chain_bytes.py [CONFIG] [--set key=value ...]
+    python bench/chain_bytes.py configs/seed-vgg19-cifar10.yaml --seed-stand-in
+
+`--seed-stand-in`: the seed config's inputs made small under --dir (8 training and 4 test CIFAR-format images, an
+untrained VGG19's state dict as TORCH_HOME's vgg19-dcbb9e9d.pth; tests/conftest.py's seed_stand_in), 1 epoch each.
 
 Runs `kdchain run` on a fresh store and workdir under /tmp, then sums the files of the workdir (checkpoints,
 ONNX files) and of the MLflow artifact root (logged models, checkpoint and ONNX artifacts) per generation folder,
@@ -15,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import DEFAULT_CONFIG, cli_run
+from _common import DEFAULT_CONFIG, ENV, cli_run
 
 
 WEIGHTS = {"workdir: checkpoints", "workdir: onnx", "mlflow: logged model weights", "mlflow: checkpoint artifacts",
@@ -47,15 +51,22 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG))
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--dir", default="/tmp/kdchain-chain-bytes")
+    parser.add_argument("--seed-stand-in", action="store_true")
     args = parser.parse_args()
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
+    env = None
+    if args.seed_stand_in:
+        from tests.conftest import seed_stand_in
+
+        args.sets = seed_stand_in(root / "inputs") + args.sets
+        env = {**ENV, "TORCH_HOME": str(root / "inputs" / "torch")}
     extra = [a for s in args.sets for a in ("--set", s)]
-    cli_run(Path(args.config), root, extra)
+    cli_run(Path(args.config), root, extra, env)
     work = root / "work"
     gens = {p.name: p for p in work.glob("*/*") if (p / "model.pt").is_file()}
     by_place = collections.Counter()
-    for f in (p for p in root.rglob("*") if p.is_file()):
+    for f in (p for p in root.rglob("*") if p.is_file() and root / "inputs" not in p.parents):
         by_place[kind_of(f, work)] += f.stat().st_size
     print(f"{'generation':<28} {'weights':>12} {'workdir':>12} {'copies':>7}")
     total_weights = 0

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from flows import progress, signals
 from kdchain.chain import train_generation
-from kdchain.checkpoints import CheckpointError, load_checkpoint, pin_teacher
+from kdchain.checkpoints import CheckpointError, is_model_uri, load_checkpoint, pin_teacher
 from kdchain.checks import check_chain
 from kdchain.distill import Diverged, StateUnreadable, load_train_state
 from kdchain.locks import chain_lock_path, generation_lock_path, held, lock_folder
@@ -36,7 +36,7 @@ from kdchain.models import describe
 from kdchain.resolve import (ResolvedGeneration, chain_digest, file_digest, fresh_index, generation_key,
                              resolve_chain, teacher_indices)
 from kdchain.spec import ChainSpec, load_spec
-from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
+from kdchain.tracking import Tracker, resolve_uri, source_model_uri, sqlite_path, ui_base
 from kdchain.tracking.reuse import (CHECKPOINT, CHECKPOINT_DIGEST, MODEL_URI, REUSED_FROM, final_metrics,
                                     finished_with_key, missing_at_step, record_reuse, run_parent,
                                     run_status)
@@ -133,8 +133,11 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
                                                       if not (k == "val_accuracy" and outcome.history)}, 0)
     checkpoint = Path(outcome.checkpoint).resolve()
     digest = file_digest(checkpoint)
+    source = spec.teacher.from_ if index == 0 else None  # a teacher from this store is pointed at, not copied
     model_uri = tracker.finish_generation(run_id, final, model, str(checkpoint),
-                                          tags={CHECKPOINT: str(checkpoint), CHECKPOINT_DIGEST: digest})
+                                          tags={CHECKPOINT: str(checkpoint), CHECKPOINT_DIGEST: digest},
+                                          loaded=source is not None, model_uri=source_model_uri(source, tracking_uri)
+                                          if source and is_model_uri(source) else None)
     t_track += time.perf_counter() - t0
     _test_kill_point(gen.name, "recorded")
     (out / "train_state.pt").unlink(missing_ok=True)  # recorded: the resume state is no longer needed

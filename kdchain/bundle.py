@@ -15,7 +15,7 @@ from kdchain.chain import quantize_generation
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import Normalise
-from kdchain.measure.export import ORT_DISABLED_OPTIMIZERS, export_onnx
+from kdchain.measure.export import ORT_DISABLED_OPTIMIZERS, export_onnx, label_onnx
 from kdchain.measure.quantize import onnx_speed
 from kdchain.resolve import resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
@@ -52,9 +52,13 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
         for row in rows:
             stem = f"{row['generation']}-{row['name']}"
             fp32 = partial / f"{stem}.onnx"
-            if row["onnx"] is None:  # logged without ONNX (teacher.from): exported and timed from its checkpoint
-                export_onnx(load_checkpoint(Path(row["checkpoint"]))[0], data.input_shape, fp32)
-                row["latency_ms_onnx"], row["throughput_ips_onnx"] = onnx_speed(fp32, data.input_shape)
+            if row["onnx"] is None:  # ONNX not kept in the store: exported from its weights (timed if never)
+                model = load_checkpoint(Path(row["checkpoint"]))[0]
+                export_onnx(model, data.input_shape, fp32)
+                if model.class_names:
+                    label_onnx(fp32, model.class_names)
+                if row.get("latency_ms_onnx") is None or row.get("throughput_ips_onnx") is None:
+                    row["latency_ms_onnx"], row["throughput_ips_onnx"] = onnx_speed(fp32, data.input_shape)
             else:
                 shutil.copyfile(row["onnx"], fp32)
             entry = {"generation": row["generation"], "name": row["name"], "architecture": row["summary"],

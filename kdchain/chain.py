@@ -138,7 +138,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     data = load_data(spec.data, spec.seed)
     input_shape = data.input_shape
     if index == 0 and spec.teacher.from_ is not None:
-        return load_teacher_generation(spec, gen, Path(out_dir))
+        return load_teacher_generation(spec, gen)
     torch.manual_seed(spec.seed + index)
     pruned = isinstance(gen.arch, PrunedArch)  # then the student is its teacher, pruned, not a fresh model
     student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]),
@@ -187,9 +187,11 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     save_checkpoint(checkpoint, student, arch, input_shape, data.num_classes, data.class_names)
     onnx_path = checkpoint.with_suffix(".onnx")
     export_warning = export_checked(student, input_shape, onnx_path, next(batches(data.test, 256, shuffle=False))[0],
-                                    costs.latency_ms, metrics, spec.measure.model_dump())
+                                    costs.latency_ms, metrics, spec.measure.model_dump(exclude={"keep_onnx"}))
     int8 = None if export_warning or not onnx_path.is_file() else quantize_generation(
         spec, gen, data, onnx_path, metrics["test_accuracy"])
+    if not spec.measure.keep_onnx:  # measured (and quantized from); the weights are stored twice, not four times
+        onnx_path.unlink(missing_ok=True)
     t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
@@ -290,8 +292,9 @@ def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -
                                            "size_bytes_int8")}
 
 
-def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: Path) -> tuple[GenerationOutcome, nn.Module]:
-    """Generation 0 from `teacher.from`: evaluated and profiled on the current data, checkpoint copied, not trained."""
+def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration) -> tuple[GenerationOutcome, nn.Module]:
+    """Generation 0 from `teacher.from`: evaluated and profiled on the current data, not trained; its checkpoint is
+    the source file itself (a `models:/` or `runs:/` source: the copy fetched once under the workdir), not copied."""
     source = teacher_source(spec)
     t0 = time.perf_counter()
     model = load_compatible(spec, source)
@@ -302,10 +305,8 @@ def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration, out_dir: P
     metrics.update({k: float(v) for k, v in profile(model, data.input_shape, spec.measure.runs,
                                                     spec.measure.budget_s).as_dict().items()})
     t2 = time.perf_counter()
-    checkpoint = out_dir / "model.pt"
     model.class_names = list(data.class_names)
-    save_checkpoint(checkpoint, model, gen.arch, data.input_shape, data.num_classes, data.class_names)
-    outcome = GenerationOutcome(0, gen.name, describe(gen.arch) + f" (from {spec.teacher.from_})", str(checkpoint),
+    outcome = GenerationOutcome(0, gen.name, describe(gen.arch) + f" (from {spec.teacher.from_})", str(source),
                                 metrics, [], 0, {"fit": 0.0, "evaluate": t1 - t0, "profile": t2 - t1},
                                 class_names=list(data.class_names))
     return outcome, model

@@ -1,18 +1,15 @@
-"""kdchain checkpoints (`model.pt`: the architecture as JSON, input shape, classes, state_dict), read with
-weights_only=True and never unpickling code; and the checkpoint a `teacher: {from: ...}` names."""
+"""kdchain checkpoints (`model.pt`: the architecture as JSON, input shape, classes, state_dict; the format is
+kdchain.models.saved), read with weights_only=True and never unpickling code; and the checkpoint a
+`teacher: {from: ...}` names."""
 
 from pathlib import Path
 
-import torch
-from pydantic import TypeAdapter
 from torch import nn
 
 from kdchain.data import input_info
 from kdchain.distill import atomic_save
-from kdchain.models import build_model
-from kdchain.spec import AnyArch, ChainSpec, SpecError, canonical_json
-
-ARCH = TypeAdapter(AnyArch)  # a pruned model's checkpoint holds its base and its pruning record
+from kdchain.models.saved import ARCH, checkpoint_dict, model_from_checkpoint, read_checkpoint
+from kdchain.spec import ChainSpec, SpecError
 
 
 class CheckpointError(Exception):
@@ -22,9 +19,7 @@ class CheckpointError(Exception):
 def save_checkpoint(path: Path, model: nn.Module, arch, input_shape, num_classes: int,
                     class_names: list[str] | None = None) -> None:
     """`class_names`: what each output means, in output order (plain strings: weights_only reads them)."""
-    atomic_save({"arch": canonical_json(arch), "input_shape": list(input_shape), "num_classes": num_classes,
-                 "class_names": [str(c) for c in class_names] if class_names else None,
-                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    atomic_save(checkpoint_dict(model, arch, input_shape, num_classes, class_names), path)
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
@@ -34,11 +29,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, object, dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path)  # a workdir model.pt or a logged model's model.pth (kdchain.models.saved)
         arch = ARCH.validate_json(ckpt["arch"])
-        model = build_model(arch, ckpt["num_classes"], ckpt["input_shape"][0])
-        model.load_state_dict(ckpt["state_dict"])
-        model.class_names = ckpt.get("class_names")
+        model = model_from_checkpoint(ckpt)
     except Exception as e:  # truncated file, foreign pickle, missing keys, shape mismatch
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
         raise CheckpointError(f"checkpoint {path} cannot be used ({type(e).__name__}: {first})") from None

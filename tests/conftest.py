@@ -51,3 +51,32 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def seed_stand_in(root: Path, train: int = 8, test: int = 4) -> list[str]:
+    """What configs/seed-vgg19-cifar10.yaml needs offline, made small under `root`: a CIFAR-10 python folder of
+    `train` + `test` images (class in the red channel) and an untrained VGG19's state dict where torchvision looks
+    for the ImageNet weights (`root`/torch: set TORCH_HOME to it). Returns the `--set` overrides that point the config
+    there and train 1 epoch a generation."""
+    import pickle
+
+    import numpy as np
+    import torch
+    import torchvision
+
+    folder = root / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sizes = [len(part) for part in np.array_split(np.arange(train), 5)]
+    for name, n in [(f"data_batch_{i + 1}", k) for i, k in enumerate(sizes)] + [("test_batch", test)]:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"labels": labels.tolist(), "data": data}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    hub = root / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vgg19().state_dict(), hub / "vgg19-dcbb9e9d.pth")  # 548 MB, random weights
+    return [f"data.root={root / 'data'}", "teacher.train.epochs=1",
+            *(f"generations.{g}.train.epochs=1" for g in "ABC")]

@@ -100,7 +100,7 @@ def test_class_names_travel_with_the_model_and_skipped_files_are_on_record(tmp_p
            "data": {"kind": "imagefolder", "root": str(root), "image_size": 12, "workers": 0},
            "teacher": {"model": {"kind": "cnn", "channels": [8, 16]}, "train": {"epochs": 2, "lr": 0.01}},
            "generations": [{"name": "A", "student": {"derive": {"width": 0.5}}, "train": {"epochs": 1}}],
-           "tracking": {"uri": uri}}
+           "tracking": {"uri": uri}, "measure": {"keep_onnx": True}}  # the ONNX file kept beside the checkpoint
     with caplog.at_level(logging.WARNING, logger="kdchain.data"):  # the record, whichever stream prints it
         assert main(["run", str(write_config(tmp_path, cfg))]) == 0
     capfd.readouterr()

@@ -42,6 +42,6 @@ def test_measure_off_writes_no_onnx_and_defaults_keep_the_full_figures(tmp_path)
     assert "onnx_max_abs_diff" not in outcome.metrics
 
     outcome, _ = train_generation(spec_from_dict(tiny_chain(tmp_path)), 0, None, tmp_path / "on")
-    assert (tmp_path / "on" / "model.onnx").is_file()
+    assert not (tmp_path / "on" / "model.onnx").exists()  # measured, not kept (measure.keep_onnx)
     assert outcome.metrics["throughput_batch"] == 64  # a small model: today's batch, nothing shrunk
     assert outcome.metrics["latency_ms_onnx"] > 0 and outcome.metrics["onnx_max_abs_diff"] <= 1e-4

@@ -1,12 +1,15 @@
 """Promotion rule, compare-and-set on the champion alias, `teacher: {from: ...}`, the data fingerprint."""
 
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from flows.cli import main
 from kdchain import tracking
+from kdchain.checkpoints import load_checkpoint
 from kdchain.data import files_fingerprint
 from kdchain.promotion import CHALLENGER, PROMOTED, UNCHANGED, Candidate, decide
 from kdchain.spec import PromotionSpec, SpecError, spec_from_dict
@@ -107,3 +110,15 @@ def test_chain_starts_from_a_logged_model_without_training_it(tmp_path, prefect_
     client = MlflowClient(cfg["tracking"]["uri"])
     assert client.get_metric_history(teacher.run_id, "train_loss") == []  # evaluated, not trained
     assert "cnn 8-16" in teacher.summary and student.summary == "cnn 4-8"  # derive works off its architecture
+    # referenced, not copied: the teacher's run points at A's logged model and logs no weights of its own
+    assert teacher.model_uri == source.model_uri
+    exp = client.get_run(teacher.run_id).info.experiment_id
+    assert client.search_logged_models([exp], f"source_run_id = '{teacher.run_id}'") == []
+    # a run of a store written before the logged model held the checkpoint (a checkpoint/model.pt artifact, here
+    # the pre-split fixture) is still fetched as a teacher
+    old = client.create_run(exp).info.run_id
+    (tmp_path / "old").mkdir()
+    shutil.copyfile(Path(__file__).parent / "fixtures" / "pre_split" / "cnn-model.pt", tmp_path / "old" / "model.pt")
+    client.log_artifact(old, str(tmp_path / "old" / "model.pt"), "checkpoint")
+    fetched = tracking.fetch_checkpoint(f"runs:/{old}", cfg["tracking"]["uri"], tmp_path / "sources")
+    assert load_checkpoint(fetched)[1].kind == "cnn"

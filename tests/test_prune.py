@@ -142,6 +142,7 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     cfg = digits_chain(tmp_path, name="prunedchain", A={"prune": {"width": 0.5}},
                        B={"prune": {"width": 0.5, "depth": 0.5}}, C={"derive": {"width": 1.0}})
     cfg["teacher"]["train"]["epochs"] = 3
+    cfg["measure"] = {"keep_onnx": True}  # B's ONNX file is compared with its logged model below
     path = write_config(tmp_path, cfg)
     assert main(["inspect", str(path)]) == 0
     assert "pruned now from initial weights" in capsys.readouterr().out

@@ -7,7 +7,8 @@ and are read once at the end of the epoch. The forward runs under bf16 autocast 
 student's forward in torch.compile. Accuracy is measured in float32, as the exported model runs. The teacher's
 outputs come from kdchain.distill.teacher (cached once, or live on the augmented batch).
 
-With `state_path`, the full training state is written atomically after every epoch and a later call resumes
+With `state_path`, what resuming needs (trainable weights, buffers, optimizer, schedule, RNG; not frozen weights) is
+written atomically after every epoch, replacing the last epoch's, and a later call resumes
 from it.
 """
 
@@ -25,7 +26,7 @@ from kdchain.data import DataBundle, batches
 from kdchain.distill.device import autocast, channels_last, set_threads
 from kdchain.distill.evaluate import evaluate
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state
+from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state, restore_trained, trained_state
 from kdchain.distill.teacher import Augment, Teachers, outputs_of, teacher_cache_plan, teacher_outputs
 from kdchain.models.taps import feature_shapes
 from kdchain.spec import TrainSpec
@@ -133,7 +134,10 @@ def _restore(state_path: Path | None, device, student, loss, opt, sched, gen, re
     if state is None:
         return 0
     try:
-        student.load_state_dict(state["student"])
+        restore_trained(student, state["student"])
+    except (StateUnreadable, KeyError, TypeError):  # other frozen weights, or a state of an older kdchain
+        Path(state_path).unlink(missing_ok=True)
+        return 0
     except RuntimeError as e:  # saved for other shapes (e.g. by a kdchain whose pruning kept other channels)
         Path(state_path).unlink(missing_ok=True)
         why = str(e).strip().splitlines()[-1].strip()[:160]
@@ -221,7 +225,9 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         teacher_fwd, cached = _teacher_side(teacher, loss, data, train_split, streamed, augment, train, device,
                                             result, spill_dir)
         steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
-        opt = make_optimizer(list(student.parameters()) + list(loss.parameters()), train, device)
+        # frozen parameters (a pretrained backbone) are not optimizer state
+        trainable = [p for p in list(student.parameters()) + list(loss.parameters()) if p.requires_grad]
+        opt = make_optimizer(trainable, train, device)
         sched = make_schedule(opt, train, steps_per_epoch * train.epochs)
         start_epoch = _restore(state_path, device, student, loss, opt, sched, gen, result)
 
@@ -234,7 +240,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
             result.history.append(report)
             result.train_seconds += report.seconds
             if state_path is not None:
-                atomic_save({"student": student.state_dict(), "loss": loss.state_dict(),
+                atomic_save({"student": trained_state(student), "loss": loss.state_dict(),  # replaces last epoch's
                              "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
                              "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
                              "history": [_report_dict(r) for r in result.restored + result.history]},

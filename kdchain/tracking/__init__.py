@@ -6,7 +6,7 @@ champion and challenger, promotion records), fetch (models:/ and runs:/ URIs as 
 MLflow UI shows first: run names and descriptions with the figures, links into its training workspace, saved views).
 """
 
-from kdchain.tracking.fetch import CheckpointSourceError, fetch_checkpoint, pin_model_uri
+from kdchain.tracking.fetch import CheckpointSourceError, fetch_checkpoint, pin_model_uri, source_model_uri
 from kdchain.tracking.registry import (CHALLENGER, CHAMPION, AliasMoved, alias_version, move_alias, record_decision,
                                        set_alias)
 from kdchain.tracking.runs import Tracker, open_tracker

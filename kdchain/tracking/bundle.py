@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlflow
 
+from kdchain.tracking.fetch import run_checkpoint
 from kdchain.tracking.runs import open_tracker
 from kdchain.tracking.store import experiment_of_run
 
@@ -15,8 +16,8 @@ class BundleSourceError(Exception):
 
 def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[dict]]:
     """(the chain's spec.yaml text, one row per finished generation with its files under `dest`: row["onnx"] the
-    fp32 file, row["onnx_int8"] the int8 file or None; a generation logged without ONNX (a teacher loaded with
-    `from`) has row["onnx"] None and row["checkpoint"] its model.pt instead)."""
+    fp32 file, row["onnx_int8"] the int8 file, each None where the run did not log it; a generation logged without
+    its fp32 ONNX (measure.keep_onnx false, a teacher loaded with `from`) has row["checkpoint"], its weights)."""
     experiment = experiment_of_run(uri, chain_run_id)
     tracker = open_tracker(uri, experiment) if experiment else None
     if tracker is None or not tracker.chain_run_exists(chain_run_id):
@@ -27,19 +28,19 @@ def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[di
     spec_yaml = mlflow.artifacts.load_text(f"runs:/{chain_run_id}/spec.yaml")
     for row in rows:
         names = {Path(f.path).name for f in tracker.client.list_artifacts(row["run_id"], "onnx")}
-        where = str(dest / f"run-{row['run_id']}")
-        if "model.onnx" not in names:
-            checkpoints = {Path(f.path).name for f in tracker.client.list_artifacts(row["run_id"], "checkpoint")}
-            if "model.pt" not in checkpoints:
+        where = dest / f"run-{row['run_id']}"
+        row["onnx"], row["onnx_int8"] = (_download(uri, row["run_id"], f"onnx/{name}", where) if name in names
+                                         else None for name in ("model.onnx", "model.int8.onnx"))
+        if row["onnx"] is None:  # ONNX not kept (measure.keep_onnx false) or not made: exported from the weights
+            where.mkdir(parents=True, exist_ok=True)
+            try:
+                row["checkpoint"] = run_checkpoint(tracker.client, uri, row["run_id"], str(where))
+            except mlflow.exceptions.MlflowException:
                 raise BundleSourceError(f"generation {row['name']} (run {row['run_id']}) has neither an ONNX file "
-                                        "nor a checkpoint; rerun the chain with --fresh")
-            row["onnx"] = row["onnx_int8"] = None
-            row["checkpoint"] = mlflow.artifacts.download_artifacts(run_id=row["run_id"],
-                                                                    artifact_path="checkpoint/model.pt",
-                                                                    dst_path=where, tracking_uri=uri)
-            continue
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path="onnx",
-                                                          dst_path=where, tracking_uri=uri))
-        row["onnx"] = str(folder / "model.onnx")
-        row["onnx_int8"] = str(folder / "model.int8.onnx") if "model.int8.onnx" in names else None
+                                        "nor a checkpoint; rerun the chain with --fresh") from None
     return spec_yaml, rows
+
+
+def _download(uri: str, run_id: str, path: str, dest: Path) -> str:
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dest),
+                                               tracking_uri=uri)

@@ -1,5 +1,6 @@
 """Models in the store as teachers: `models:/<name>@<alias>`, `models:/<name>/<version>` and `runs:/<id>` resolved
-to the kdchain checkpoint behind them, downloaded once."""
+to the kdchain checkpoint behind them, downloaded once. A generation's checkpoint in the store is its logged model's
+`data/model.pth` (kdchain.models.saved); runs logged before that also have a `checkpoint/model.pt` artifact."""
 
 import os
 import tempfile
@@ -9,6 +10,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from kdchain.tracking.registry import alias_version
+from kdchain.tracking.reuse import MODEL_URI
 
 
 def _parse_model_uri(source: str) -> tuple[str, str | None, str | None]:
@@ -40,7 +42,7 @@ def pin_model_uri(source: str, uri: str) -> str:
 
 
 def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
-    """The kdchain checkpoint (artifact checkpoint/model.pt) of the run behind a models:/ or runs:/ URI, downloaded
+    """The kdchain checkpoint (run_checkpoint) of the run behind a models:/ or runs:/ URI, downloaded
     once under `cache_dir`. A URI with an alias is resolved each time (it moves); versions and runs are immutable."""
     if source.startswith("models:/"):
         source = pin_model_uri(source, uri)
@@ -50,16 +52,42 @@ def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
         return target
     client = MlflowClient(uri)
     try:
-        if source.startswith("models:/"):
-            name, _, version = _parse_model_uri(source)
-            run_id = client.get_model_version(name, version).run_id
-        else:  # runs:/<run_id>[/anything]: that run's checkpoint
-            run_id = source[len("runs:/"):].strip("/").split("/")[0]
+        run_id = _source_run(client, source)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none: retrains may race here
-            os.replace(client.download_artifacts(run_id, "checkpoint/model.pt", tmp), target)
+            os.replace(run_checkpoint(client, uri, run_id, tmp), target)
     except mlflow.exceptions.MlflowException as e:
         raise CheckpointSourceError(f"teacher.from: {source}: cannot fetch its kdchain checkpoint from {uri} "
                                     f"({str(e).splitlines()[0][:200]}); only models logged by kdchain can be teachers "
                                     "through `from`") from None
     return target
+
+
+def _source_run(client: MlflowClient, source: str) -> str:
+    if source.startswith("models:/"):
+        name, _, version = _parse_model_uri(source)
+        return client.get_model_version(name, version).run_id
+    return source[len("runs:/"):].strip("/").split("/")[0]  # runs:/<run_id>[/anything]: that run
+
+
+def source_model_uri(source: str, uri: str) -> str | None:
+    """The logged model (models:/<model_id>) behind a pinned models:/ or a runs:/ teacher, or None: a chain that
+    loads it as its teacher points at it instead of logging its weights again."""
+    client = MlflowClient(uri)
+    try:
+        return client.get_run(_source_run(client, source)).data.tags.get(MODEL_URI)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def run_checkpoint(client: MlflowClient, uri: str, run_id: str, dest: str) -> str:
+    """The kdchain checkpoint of a generation run, downloaded into the folder `dest`: the `checkpoint/model.pt`
+    artifact of a run logged before the logged model held it, else the logged model's `data/model.pth`."""
+    if "checkpoint/model.pt" in {f.path for f in client.list_artifacts(run_id, "checkpoint")}:
+        return client.download_artifacts(run_id, "checkpoint/model.pt", dest)
+    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI, "")
+    if not model_uri.startswith("models:/"):
+        raise mlflow.exceptions.MlflowException(f"run {run_id} has no kdchain model (no tag {MODEL_URI})")
+    location = client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location.rstrip("/")
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/data/model.pth", dst_path=dest,
+                                               tracking_uri=uri)

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 import kdchain
+from kdchain.models import saved
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
                                      version_description)
@@ -191,14 +192,17 @@ class Tracker(ChainReport):
         return [r for r in runs if SUPERSEDED not in r.data.tags]
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
-                          checkpoint: str, tags: dict[str, str] | None = None) -> str:
-        """The model (loads back as its class), the checkpoint, the final metrics and `tags`; returns the logged
-        model's URI. The metrics are logged at step 0 (MLflow charts a metric with no later step as bars, not
-        against epochs) and linked to the logged model (the experiment's Models tab lists it with them); the run is
-        renamed to carry its key figures. Idempotent, for a rerun after a kill before FINISHED: a model the run
-        already logged is not logged again. The model's `class_names` (kdchain.chain sets them) go into the logged
-        model's metadata and the run's tag kdchain.class_names (a JSON list), which register() copies to the
-        model version."""
+                          checkpoint: str, tags: dict[str, str] | None = None, loaded: bool = False,
+                          model_uri: str | None = None) -> str:
+        """The model (loads back as its class; its weights file is the checkpoint), the final metrics and `tags`;
+        returns the logged model's URI. `loaded`: a teacher loaded with `teacher.from`, whose checkpoint is the
+        source's file (nothing beside it is its own); `model_uri`: that source's logged model in this store, pointed
+        at instead of logging the weights again. The metrics are logged at step 0 (MLflow charts a metric with no
+        later step as bars, not against epochs) and linked to the logged model (the experiment's Models tab lists it
+        with them); the run is renamed to carry its key figures. Idempotent, for a rerun after a kill before
+        FINISHED: a model the run already logged is not logged again. The model's `class_names` (kdchain.chain sets
+        them) go into the logged model's metadata and the run's tag kdchain.class_names (a JSON list), which
+        register() copies to the model version."""
         mlflow.flush_async_logging()
         generation = self.client.get_run(run_id).data.tags.get(GENERATION_NAME, "model")
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in generation)
@@ -209,23 +213,33 @@ class Tracker(ChainReport):
                                                                f"source_run_id = '{run_id}' AND name = '{safe}'")
                   if str(m.status).endswith("READY")]
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
-            info = logged[0] if logged else mlflow.pytorch.log_model(
-                model, name=safe, serialization_format="pickle", pip_requirements=_pip_requirements(),
-                metadata={"class_names": names} if names else None,
-                code_paths=[str(Path(kdchain.__file__).parent)])
-            mlflow.log_artifact(checkpoint, "checkpoint")
-            onnx = Path(checkpoint).with_suffix(".onnx")  # written beside the checkpoint by kdchain.measure.export
-            for path in (onnx, onnx.with_suffix(".int8.onnx")):  # fp32, and int8 with deploy.quantize
+            info = None if model_uri else logged[0] if logged else self._log_model(model, safe, checkpoint, names)
+            onnx = Path(checkpoint).with_suffix(".onnx")  # beside the checkpoint with measure.keep_onnx
+            for path in () if loaded else (onnx, onnx.with_suffix(".int8.onnx")):  # fp32; int8 with deploy.quantize
                 if path.is_file():
                     mlflow.log_artifact(str(path), "onnx")
-        model_uri = info.model_uri
+        model_uri = model_uri or info.model_uri
         ts = now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0, model_id=info.model_id)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0, model_id=info and info.model_id)
                                                for k, v in metrics.items()], synchronous=True)
         self.client.update_run(run_id, name=generation_name(generation, self.client.get_run(run_id).data.metrics))
         self.client.set_tag(run_id, MODEL_URI, model_uri)  # before FINISHED: a finished run always names its model
         self.client.set_terminated(run_id, status="FINISHED")
         return model_uri
+
+    @staticmethod
+    def _log_model(model: torch.nn.Module, name: str, checkpoint: str, class_names: list | None):
+        """The logged model's model.pth is the kdchain checkpoint itself (kdchain.models.saved): it loads back as
+        its class through mlflow.pytorch.load_model, and `teacher.from`, retrain and `kdchain export` read it with
+        weights_only. The store holds the weights once; no separate checkpoint artifact."""
+        model.__dict__[saved.CHECKPOINT_ATTR] = saved.read_checkpoint(Path(checkpoint), mmap=True)
+        try:
+            return mlflow.pytorch.log_model(
+                model, name=name, serialization_format="pickle", pickle_module=saved,
+                pip_requirements=_pip_requirements(), metadata={"class_names": class_names} if class_names else None,
+                code_paths=[str(Path(kdchain.__file__).parent)])
+        finally:
+            model.__dict__.pop(saved.CHECKPOINT_ATTR, None)
 
     def log_skipped(self, run_id: str, skipped: list[str]) -> None:
         """The files the data source could not read, whole paths and why, one a line: data/skipped_files.txt."""
