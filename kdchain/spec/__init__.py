@@ -18,7 +18,7 @@ from kdchain.spec.models import (AnyArch, Arch, CnnArch, Derive, DeriveStudent, 
 from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, SearchObjective, SearchRunner,
                                  SearchSpace, SearchSpec, SmallestRetaining)
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
-from kdchain.spec.train import TrainSpec
+from kdchain.spec.train import DistributedSpec, TrainSpec
 
 __all__ = [
     "SpecError", "Strict", "canonical_json", "flatten", "spec_hash", "ChainSpec", "GenerationSpec", "TeacherSpec",
@@ -28,5 +28,5 @@ __all__ = [
     "AnyArch", "Arch", "CnnArch", "Derive", "DeriveStudent", "Prune", "PrunedArch", "PruneStudent", "ResnetArch",
     "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
     "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
-    "SearchSpec", "SmallestRetaining", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "SearchSpec", "SmallestRetaining", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec", "DistributedSpec",
 ]
