@@ -45,6 +45,14 @@ def measure(config: str, size: int, epochs: int, nproc: int, threads: int,
     return images / statistics.median(seconds[1:] or seconds), wall - sum(seconds), outcome.metrics["test_accuracy"]
 
 
+def compare(config: str, size: int, epochs: int, nproc: int, threads_of, label, extra: list[str] = ()) -> None:
+    """Print images/s, launch cost and accuracy with 1 and `nproc` processes, and the ratio (also bench/gpu.py)."""
+    rows = {n: measure(config, size, epochs, n, threads_of(n), extra) for n in (1, nproc)}
+    for n, (ips, launch, acc) in rows.items():
+        print(f"  {label(n)}: {ips:6.0f} images/s   launch + after-training {launch:5.1f} s   test accuracy {acc:.4f}")
+    print(f"ratio {nproc} : 1 = {rows[nproc][0] / rows[1][0]:.2f}x images/s; load after {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
@@ -55,12 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores, {free_cores(0.5)} free now; load {os.getloadavg()[0]:.2f}; torch "
           f"{torch.__version__}; digits-chain teacher at {args.size}x{args.size}, {args.epochs} epochs")
-    rows = {n: measure(args.config, args.size, args.epochs, n, max(1, args.cores // n)) for n in (1, args.nproc)}
-    for n, (ips, launch, acc) in rows.items():
-        print(f"  {n} process{'es' if n > 1 else '  '} x {max(1, args.cores // n)} threads: {ips:6.0f} images/s   "
-              f"launch + after-training {launch:5.1f} s   test accuracy {acc:.4f}")
-    print(f"ratio {args.nproc} : 1 = {rows[args.nproc][0] / rows[1][0]:.2f}x images/s; load after {os.getloadavg()[0]:.2f}")
-
+    compare(args.config, args.size, args.epochs, args.nproc, lambda n: max(1, args.cores // n),
+            lambda n: f"{n} process{'es' if n > 1 else '  '} x {max(1, args.cores // n)} threads")
 
 if __name__ == "__main__":
     main()

@@ -70,15 +70,11 @@ def main() -> None:
 
 def compare_gpus(args, overrides: list[str], gpus: int) -> None:
     """The teacher trained on 1 GPU and data-parallel on all `gpus` (NCCL), by train_generation."""
-    from ddp import measure  # bench/ddp.py
+    from ddp import compare  # bench/ddp.py
 
-    extra = overrides + [f"teacher.train.batch_size={args.batch_size}"]
-    rows = {n: measure(args.config, args.size, max(2, args.epochs), n, 1, extra) for n in (1, gpus)}
-    for n, (ips, launch, acc) in rows.items():
-        print(f"teacher on {n} GPU{'s' if n > 1 else ''} (nccl, bf16): {ips:,.0f} images/s, launch + after-training "
-              f"{launch:.1f} s, test accuracy {acc:.4f}")
-    print(f"{gpus} GPUs : 1 = {rows[gpus][0] / rows[1][0]:.2f}x images/s")
-
+    compare(args.config, args.size, max(2, args.epochs), gpus, lambda n: 1,
+            lambda n: f"teacher on {n} GPU{'s' if n > 1 else ''} (nccl, bf16)",
+            overrides + [f"teacher.train.batch_size={args.batch_size}"])
 
 if __name__ == "__main__":
     main()
