@@ -20,7 +20,8 @@ from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoin
 from kdchain.data import batches, load_data
 from kdchain.distill import (Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device,
                              predict_split)
-from kdchain.distill.distributed import EpochWriter, backend_for, launch, rank_and_world, rank_process, record
+from kdchain.distill.distributed import (EpochWriter, backend_for, launch, leave_group, rank_and_world, rank_process,
+                                         record)
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
 from kdchain.measure.quantize import Int8Result, int8_generation
@@ -215,7 +216,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
                  device=device, state_path=out_dir / "train_state.pt")
     t1 = time.perf_counter()
-    if rank_and_world()[0] != 0:  # one rank of several: rank 0 alone measures and writes the generation
+    if leave_group() != 0:  # one rank of several: rank 0 alone measures and writes the generation
         return None, None
     student.eval()
     test = data.test.to(device)

@@ -45,7 +45,7 @@ class RankFailed(RuntimeError):
         self.kind, self.detail = kind, detail
 
 
-__all__ = ["RankFailed", "record", "launch", "rank_process", "rank_and_world"]  # record: for the rank entry point
+__all__ = ["RankFailed", "record", "launch", "leave_group", "rank_process", "rank_and_world"]  # record: for the rank entry point
 
 
 # ---- inside a rank ----
@@ -127,6 +127,17 @@ def _exit_with(pid: int) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
+def leave_group() -> int:
+    """After training: every rank waits for the others, then leaves the process group; returns this rank. What
+    follows (rank 0 measuring and writing the generation, for minutes on a big model) runs outside it, so no
+    collective waits on it and no NCCL watchdog times out."""
+    rank, world = rank_and_world()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return rank
+
+
 @contextlib.contextmanager
 def rank_process(device_type: str, backend: str, launcher_pid: int, threads: int):
     """Inside a rank started by `launch`: the process group joined; yields this rank's device (cuda:LOCAL_RANK)."""
@@ -140,7 +151,8 @@ def rank_process(device_type: str, backend: str, launcher_pid: int, threads: int
     try:
         yield device
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # left already after training, unless training failed
+            dist.destroy_process_group()
 
 
 class EpochWriter:
