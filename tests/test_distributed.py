@@ -25,7 +25,8 @@ EPOCHS = 12
 def ddp_chain(tmp_path: Path, name: str, nproc: int) -> dict:
     cfg = tiny_chain(tmp_path, name=name, epochs=1)
     cfg["teacher"]["train"] |= {"epochs": EPOCHS, "distributed": {"nproc": nproc}}
-    cfg["generations"] = cfg["generations"][:1]
+    # A distils from the teacher's cached outputs (each rank computes a share, all ranks gather them)
+    cfg["generations"] = [cfg["generations"][0] | {"train": {"epochs": 3, "distributed": {"nproc": nproc}}}]
     return cfg
 
 
@@ -47,6 +48,7 @@ def teacher_run(cfg: dict):
 
 
 def test_two_ranks_learn_as_one_process_survive_a_dead_rank_and_a_killed_launcher(tmp_path, cli_env):
+    """One chain run three times: a rank killed, then the launcher killed -9, then to the end."""
     single = train_generation(ChainSpec.model_validate(ddp_chain(tmp_path / "single", "single", 1)), 0, None,
                               tmp_path / "single" / "teacher")[0].metrics["test_accuracy"]
     cfg = ddp_chain(tmp_path, "ddp", 2)
@@ -87,6 +89,9 @@ def test_two_ranks_learn_as_one_process_survive_a_dead_rank_and_a_killed_launche
     run = teacher_run(cfg)
     assert run.info.status == "FINISHED"
     assert epoch_steps(store(cfg), run.info.run_id) == list(range(1, EPOCHS + 1))
+    student = next(r for r in gen_runs(runs_of(store(cfg), "ddp")) if r.data.tags.get(GENERATION) == "1")
+    assert epoch_steps(store(cfg), student.info.run_id) == [1, 2, 3]
+    assert student.data.metrics["test_accuracy"] > 0.25, student.data.metrics  # chance: 0.10
     ddp = run.data.metrics["test_accuracy"]
     print(f"teacher test accuracy after {EPOCHS} epochs: 1 process {single:.4f}, 2 ranks {ddp:.4f}")
     assert abs(ddp - single) <= 0.015, (single, ddp)

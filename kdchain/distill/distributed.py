@@ -107,10 +107,14 @@ def gather_rows(parts: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tenso
     return out
 
 
-def rows_of_rank(n: int) -> slice:
+def rows_of_rank(n: int) -> slice | None:
+    """This rank's contiguous share of n rows; None when some rank's share would be empty (n too small to split:
+    a collective needs every rank), or outside torch.distributed."""
     rank, world = rank_and_world()
     c = -(-n // world)
-    return slice(min(n, rank * c), min(n, rank * c + c))
+    if world == 1 or (world - 1) * c >= n:
+        return None
+    return slice(rank * c, min(n, rank * c + c))
 
 
 def _exit_with(pid: int) -> None:
@@ -234,7 +238,8 @@ def failure_of(rank: int, failure, world: int, log_dir: Path) -> RankFailed:
     who = f"rank {rank} of {world} (pid {failure.pid})"
     if failure.exitcode < 0:
         return RankFailed(f"{who} was killed by {failure.signal_name()}")
-    kind, _, detail = str(failure.message).partition(": ")
+    message = failure.message  # the error file's {"message": "Type: text", "extraInfo": ...}, or a plain string
+    kind, _, detail = str(message.get("message", "") if isinstance(message, dict) else message).partition(": ")
     if not detail or not kind.isidentifier():  # no error file: the rank exited without raising (os._exit, a crash)
         return RankFailed(f"{who} exited with code {failure.exitcode} (its output: {log_dir})")
     detail = next((x.strip() for x in detail.splitlines() if x.strip()), "")[:300]

@@ -100,10 +100,10 @@ def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps: int):
 
 def val_accuracy(student: nn.Module, split) -> float:
     """Top-1 accuracy over the whole split; under torch.distributed each rank scores its rows and the counts are
-    summed (a streamed split is scored whole by every rank)."""
-    if rank_and_world()[1] == 1 or hasattr(split, "stream"):
+    summed (a streamed split, or one too small to share, is scored whole by every rank)."""
+    rows = None if hasattr(split, "stream") else rows_of_rank(len(split))
+    if rows is None:
         return evaluate(student, split)
-    rows = rows_of_rank(len(split))
     logits, y = predict_split(student, type(split)(split.x[rows], split.y[rows], split.transform))
     counts = torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=y.device)
     all_sum(counts)
@@ -137,8 +137,8 @@ def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle
     if not use_cache:
         return teacher_fwd, None
     t0 = time.perf_counter()
-    if use_cache == "memory" and rank_and_world()[1] > 1:  # a shard per rank, then every rank holds all of it
-        rows = rows_of_rank(len(train_split))
+    rows = rows_of_rank(len(train_split))
+    if use_cache == "memory" and rows is not None:  # a shard per rank, then every rank holds all of it
         mine = type(train_split)(train_split.x[rows], train_split.y[rows], train_split.transform)
         cached = gather_rows(teacher_outputs(teacher_fwd, mine, device, precision=train.precision), len(train_split))
     else:
