@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # known user-facing errors carry their own message
         from kdchain.chain import ResourceError, resource_error
         from kdchain.checkpoints import CheckpointError
-        from kdchain.distill import Diverged, RankFailed
+        from kdchain.distill import Diverged
         from kdchain.tracking import StoreError, as_store_error, resolve_uri
 
         from kdchain.tracking import CheckpointSourceError
@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)
+        from kdchain.distill import RankFailed
+
         if isinstance(e, RankFailed):  # a rank died or the ranks never met: not the config's fault
             return _fail(f"kdchain: {e}", 1)
         known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
