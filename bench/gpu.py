@@ -5,6 +5,10 @@ channels_last (both on by default on CUDA in kdchain.distill.engine), cached and
 
 Uses the `marks` data set when this checkout has it, else digits upscaled to --size (printed either way).
 On CPU (`--device cpu --epochs 1`) it runs the same code path, slowly.
+
+With several visible GPUs it then trains the teacher with 1 and with all of them (train.distributed, NCCL, one
+rank per GPU, bf16 and channels_last as in one process) through train_generation, as `kdchain run` does, and
+prints the images/s of each and their ratio (bench/ddp.py's measurement). `--ddp-only` skips the first part.
 """
 
 import argparse
@@ -29,6 +33,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--ddp-only", action="store_true", help="only the 1 vs all GPUs comparison")
     args = ap.parse_args()
     kind = args.data if args.data in LOADERS else "digits"
     overrides = [f"data.kind={kind}", f"data.image_size={args.size}", f"device={args.device}"]
@@ -52,12 +57,24 @@ def main() -> None:
         seconds = sum(h.seconds for h in steady)
         return len(data.train) * len(steady) / seconds, model.eval(), r.teacher
 
-    ips, teacher, _ = images_per_s(0, None, "off")
-    print(f"teacher training ({gens[0].name}): {ips:,.0f} images/s")
-    for cache in ("on", "off"):
-        ips, _, how = images_per_s(1, teacher, cache)
-        print(f"distillation {gens[0].name} -> {gens[1].name}, teacher {how.split(':')[0]}: {ips:,.0f} images/s")
+    if not args.ddp_only:
+        ips, teacher, _ = images_per_s(0, None, "off")
+        print(f"teacher training ({gens[0].name}): {ips:,.0f} images/s")
+        for cache in ("on", "off"):
+            ips, _, how = images_per_s(1, teacher, cache)
+            print(f"distillation {gens[0].name} -> {gens[1].name}, teacher {how.split(':')[0]}: {ips:,.0f} images/s")
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus > 1:
+        compare_gpus(args, overrides, gpus)
 
+
+def compare_gpus(args, overrides: list[str], gpus: int) -> None:
+    """The teacher trained on 1 GPU and data-parallel on all `gpus` (NCCL), by train_generation."""
+    from ddp import compare  # bench/ddp.py
+
+    compare(args.config, args.size, max(2, args.epochs), gpus, lambda n: 1,
+            lambda n: f"teacher on {n} GPU{'s' if n > 1 else ''} (nccl, bf16)",
+            overrides + [f"teacher.train.batch_size={args.batch_size}"])
 
 if __name__ == "__main__":
     main()

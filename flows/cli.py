@@ -451,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
             return _fail(f"kdchain: training diverged: {e}", 1)
+        from kdchain.distill import RankFailed
+
+        if isinstance(e, RankFailed):  # a rank died or the ranks never met: not the config's fault
+            return _fail(f"kdchain: {e}", 1)
         known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
         if known is not None:
             return _fail(f"kdchain: {known}")

@@ -6,6 +6,7 @@ kdchain.tracking records what it returns. Nothing here imports prefect or mlflow
 
 import errno
 import itertools
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,10 @@ from torch import nn
 
 from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoint, teacher_source
 from kdchain.data import batches, load_data
-from kdchain.distill import EpochReport, Teachers, evaluate, fit, pick_device, predict_split
+from kdchain.distill import (Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device,
+                             predict_split)
+from kdchain.distill.distributed import (EpochWriter, backend_for, launch, leave_group, rank_and_world, rank_process,
+                                         record)
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
 from kdchain.measure.quantize import Int8Result, int8_generation
@@ -105,14 +109,60 @@ def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | Non
     """Train generation `index` (0 = teacher) and write `out_dir/model.pt`; returns its outcome and model.
     `extra_teachers`: checkpoints of the other teachers (teachers: ancestors), oldest first.
 
-    Running out of memory or disk raises ResourceError, naming the spec field to change."""
+    Running out of memory or disk raises ResourceError, naming the spec field to change. With
+    `train.distributed.nproc` > 1 (or nnodes > 1) the training runs data-parallel in that many processes."""
     try:
+        distributed = resolve_chain(spec)[index].train.distributed
+        if distributed.nproc * distributed.nnodes > 1 and not (index == 0 and spec.teacher.from_ is not None):
+            return _train_distributed(spec, index, teacher_checkpoint, Path(out_dir), on_epoch, extra_teachers)
         return _train_generation(spec, index, teacher_checkpoint, out_dir, on_epoch, extra_teachers)
     except Exception as e:
         err = resource_error(e, "teacher" if index == 0 else f"generations.{index - 1}", *_training_bytes(spec, index))
         if err is None:
             raise
         raise err from None
+
+
+def _train_distributed(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
+                       on_epoch: Callable[[EpochReport], None] | None,
+                       extra_teachers: list[Path]) -> tuple[GenerationOutcome, nn.Module]:
+    """train_generation over torch.distributed ranks (kdchain.distill.distributed); this process only launches
+    them and hands rank 0's epoch reports to `on_epoch`. Rank 0 writes the checkpoint, read back here."""
+    from kdchain.preflight import device_kind
+
+    gen = resolve_chain(spec)[index]
+    kind, dspec = device_kind(spec.device), gen.train.distributed
+    threads = gen.train.threads or max(1, free_cores() // dspec.nproc)  # ranks on one CPU share its free cores
+    args = (spec, index, teacher_checkpoint, out_dir, list(extra_teachers), kind, backend_for(dspec, kind),
+            os.getpid(), threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        outcome = launch(dspec, _rank_main, args, out_dir / "epochs.jsonl", on_epoch, EpochReport,
+                         f"{spec.name}-{gen.name}", out_dir / "ranks")
+    except RankFailed as e:  # a rank's own known error keeps its type (the CLI words those)
+        known = {"Diverged": Diverged, "ResourceError": ResourceError}.get(e.kind)
+        raise (known(e.detail) if known else RankFailed(f"{'teacher' if index == 0 else 'generation ' + gen.name}: "
+                                                        f"{e}")) from None
+    model = load_checkpoint(Path(outcome.checkpoint))[0]
+    model.class_names = outcome.class_names
+    return outcome, model
+
+
+@record  # a failure's message reaches the launcher (torch elastic's error file)
+def _rank_main(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
+               extra_teachers: list[Path], device_type: str, backend: str, launcher_pid: int,
+               threads: int) -> GenerationOutcome | None:
+    """One rank of a distributed generation (spawned by torch's elastic agent); rank 0 returns the outcome."""
+    with rank_process(device_type, backend, launcher_pid, threads) as device:
+        writer = EpochWriter(out_dir / "epochs.jsonl") if rank_and_world()[0] == 0 else None
+        try:
+            return _train_generation(spec, index, teacher_checkpoint, out_dir, writer, extra_teachers, device)[0]
+        except Exception as e:
+            where = "teacher" if index == 0 else f"generations.{index - 1}"
+            err = resource_error(e, where, *_training_bytes(spec, index))
+            if err is None:
+                raise
+            raise err from None
 
 
 def _training_bytes(spec: ChainSpec, index: int) -> tuple[int | None, int | None]:
@@ -132,9 +182,10 @@ def _training_bytes(spec: ChainSpec, index: int) -> tuple[int | None, int | None
 
 def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
                       on_epoch: Callable[[EpochReport], None] | None,
-                      extra_teachers: list[Path] = ()) -> tuple[GenerationOutcome, nn.Module]:
+                      extra_teachers: list[Path] = (), device: torch.device | None = None,
+                      ) -> tuple[GenerationOutcome, nn.Module]:
     gen = resolve_chain(spec)[index]
-    device = pick_device(spec.device)
+    device = device or pick_device(spec.device)
     data = load_data(spec.data, spec.seed)
     input_shape = data.input_shape
     if index == 0 and spec.teacher.from_ is not None:
@@ -165,6 +216,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
                  device=device, state_path=out_dir / "train_state.pt")
     t1 = time.perf_counter()
+    if leave_group() != 0:  # one rank of several: rank 0 alone measures and writes the generation
+        return None, None
     student.eval()
     test = data.test.to(device)
     test_logits, test_y = predict_split(student, test)

@@ -13,7 +13,7 @@ from kdchain.models import build_model, count_params, default_tap, describe, pre
 from kdchain.models.timm import missing_weights as missing_timm_weights
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
 from kdchain.models.torchvision import fitting_state, missing_weights
-from kdchain.preflight import cuda_problem, size_problems
+from kdchain.preflight import cuda_problem, distributed_problems, size_problems
 from kdchain.resolve import ResolvedGeneration, arch_field, resolve_chain
 from kdchain.search import budget_problems
 from kdchain.spec import ChainSpec, FitnetLoss, SpecError
@@ -84,7 +84,8 @@ def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
                 problem = e.lines[0]
         if problem:
             problems.append(f"{source}: {arch_field(g, problem)}")
-    for problem in (missing_data(spec.data), cuda_problem(spec.device)):
+    for problem in (missing_data(spec.data), cuda_problem(spec.device),
+                    *distributed_problems(resolve_chain(spec), spec.device)):
         if problem:
             problems.append(f"{source}: {problem}")
     return problems

@@ -103,6 +103,32 @@ def size_problems(gens, models, trained: list[bool], spec, input_shape) -> list[
     return problems
 
 
+def distributed_problems(gens, device: str) -> list[str]:
+    """`train.distributed` settings that cannot work on this machine, one line each (kdchain.distill.distributed)."""
+    kind, problems = device_kind(device), []
+    for g in gens:
+        d, where = g.train.distributed, ("teacher" if g.index == 0 else f"generations.{g.index - 1}") + ".train"
+        if d.backend == "nccl" and kind != "cuda":
+            problems.append(f"{where}.distributed.backend: nccl needs CUDA, but this chain trains on the CPU "
+                            f"(device: {device}{', no CUDA device found' if device != 'cpu' else ''}); set "
+                            "backend: gloo (or auto)")
+        if kind == "cuda" and d.nproc > 1 and torch.cuda.is_available() and d.nproc > torch.cuda.device_count():
+            problems.append(f"{where}.distributed.nproc: {d.nproc} ranks need a GPU each, but "
+                            f"{torch.cuda.device_count()} are visible; lower nproc")
+        if d.nnodes > 1 and not d.rdzv_endpoint:
+            problems.append(f"{where}.distributed.rdzv_endpoint: {d.nnodes} nodes must meet at one address; give "
+                            "host:port of the first node")
+        host, _, port = (d.rdzv_endpoint or "").rpartition(":")
+        if d.rdzv_endpoint and not (host and port.isdigit() and 0 < int(port) < 65536):
+            problems.append(f"{where}.distributed.rdzv_endpoint: {d.rdzv_endpoint!r} is not host:port "
+                            "(e.g. 10.0.0.1:29400)")
+        if d.nproc * d.nnodes > g.train.batch_size:
+            problems.append(f"{where}.distributed.nproc: {d.nproc * d.nnodes} ranks share batches of "
+                            f"{g.train.batch_size} images (each rank trains batch_size / nproc); raise "
+                            "train.batch_size or lower nproc")
+    return problems
+
+
 def cuda_problem(device: str) -> str | None:
     if device == "cuda" and not torch.cuda.is_available():
         return ("device: cuda, but torch finds no CUDA device here (torch " + torch.__version__ + "); set "

@@ -1,7 +1,9 @@
 """Distillation: loss terms (losses), the training engine (engine.fit), the teacher side and its output cache
-(teacher), evaluation (evaluate), device and precision (device), atomic files and the resume state (state)."""
+(teacher), evaluation (evaluate), device and precision (device), atomic files and the resume state (state),
+data-parallel training over several processes (distributed)."""
 
 from kdchain.distill.device import autocast, free_cores, pick_device, use_bf16
+from kdchain.distill.distributed import RankFailed
 from kdchain.distill.engine import Diverged, EpochReport, FitResult, fit
 from kdchain.distill.evaluate import evaluate, predict, predict_split
 from kdchain.distill.losses import DistillLoss
@@ -10,4 +12,4 @@ from kdchain.distill.teacher import Teachers
 
 __all__ = ["autocast", "free_cores", "pick_device", "use_bf16", "Diverged", "EpochReport", "FitResult", "fit",
            "evaluate", "predict", "predict_split", "DistillLoss", "StateUnreadable", "atomic_save",
-           "load_train_state", "Teachers"]
+           "load_train_state", "Teachers", "RankFailed"]

@@ -10,6 +10,11 @@ outputs come from kdchain.distill.teacher (cached once, or live on the augmented
 With `state_path`, what resuming needs (trainable weights, buffers, optimizer, schedule, RNG; not frozen weights) is
 written atomically after every epoch, replacing the last epoch's, and a later call resumes
 from it.
+
+Under torch.distributed (kdchain.distill.distributed: one process per rank) the same loop trains data-parallel:
+each rank takes its part of every batch of the same seeded permutation, the student is in DistributedDataParallel,
+loss sums and validation counts are summed over the ranks (the figures one process would report), the teacher
+cache is computed a shard per rank and gathered, and rank 0 alone writes the resume state.
 """
 
 import math
@@ -24,7 +29,9 @@ from torch import nn
 
 from kdchain.data import DataBundle, batches
 from kdchain.distill.device import autocast, channels_last, set_threads
-from kdchain.distill.evaluate import evaluate
+from kdchain.distill.distributed import (all_sum, average_grads, data_parallel, gather_rows, rank_and_world,
+                                         rows_of_rank, shard)
+from kdchain.distill.evaluate import evaluate, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state, restore_trained, trained_state
 from kdchain.distill.teacher import Augment, Teachers, outputs_of, teacher_cache_plan, teacher_outputs
@@ -77,9 +84,10 @@ def epoch_batches(split, batch_size: int, generator: torch.Generator, device: to
     same way), streamed splits through their loader."""
     if hasattr(split, "stream"):
         for x, y in batches(split, batch_size, generator):
-            yield None, x.to(device), y.to(device)
+            yield None, shard(x).to(device), shard(y).to(device)
         return
     for idx in batch_indices(len(split), batch_size, generator, device):
+        idx = shard(idx)  # this rank's part (the whole batch in one process)
         yield idx, split.inputs(split.x[idx]), split.y[idx]
 
 
@@ -89,6 +97,18 @@ def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps: int):
     if spec.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def val_accuracy(student: nn.Module, split) -> float:
+    """Top-1 accuracy over the whole split; under torch.distributed each rank scores its rows and the counts are
+    summed (a streamed split, or one too small to share, is scored whole by every rank)."""
+    rows = None if hasattr(split, "stream") else rows_of_rank(len(split))
+    if rows is None:
+        return evaluate(student, split)
+    logits, y = predict_split(student, type(split)(split.x[rows], split.y[rows], split.transform))
+    counts = torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=y.device)
+    all_sum(counts)
+    return (counts[0] / counts[1]).item()
 
 
 def _report_dict(r: EpochReport) -> dict:
@@ -118,8 +138,15 @@ def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle
     if not use_cache:
         return teacher_fwd, None
     t0 = time.perf_counter()
-    cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision,  # {name: (N, ...)}
-                             spill_dir=spill_dir if use_cache == "disk" else None)
+    rows = rows_of_rank(len(train_split))
+    if use_cache == "memory" and rows is not None:  # a shard per rank, then every rank holds all of it
+        mine = type(train_split)(train_split.x[rows], train_split.y[rows], train_split.transform)
+        cached = gather_rows(teacher_outputs(teacher_fwd, mine, device, precision=train.precision), len(train_split))
+    else:
+        if spill_dir is not None and rank_and_world()[1] > 1:  # each rank its own files
+            spill_dir = spill_dir / f"rank{rank_and_world()[0]}"
+        cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision,  # {name: (N, ...)}
+                                 spill_dir=spill_dir if use_cache == "disk" else None)
     result.cache_seconds = time.perf_counter() - t0
     return teacher_fwd, cached
 
@@ -178,16 +205,17 @@ def _train_epoch(student_fwd, teacher_fwd, cached, loss: DistillLoss, train_spli
         total, parts = loss(student_out, teacher_out, y)
         opt.zero_grad(set_to_none=True)
         total.backward()
+        average_grads(loss.parameters())  # the student's gradients are averaged by DDP's backward
         opt.step()
         sched.step()
         loss_sum += total.detach() * len(y)
         for name, value in parts.items():
             part_sums[name] += value.detach() * len(y)
 
-    # the one host synchronisation of the epoch
+    # the one host synchronisation of the epoch (sums over the ranks: the whole epoch's means)
     n = max(1, len(train_split))
-    parts_mean = {name: (s / n).item() for name, s in part_sums.items()}
-    train_loss = (loss_sum / n).item()
+    sums = all_sum(torch.stack([loss_sum, *part_sums.values()]) / n).tolist()
+    train_loss, parts_mean = sums[0], dict(zip(part_sums, sums[1:]))
     if not math.isfinite(train_loss):
         bad = [name for name, v in parts_mean.items() if not math.isfinite(v)] or ["total"]
         raise Diverged(f"loss became {train_loss} in epoch {epoch} (term: {', '.join(bad)}); "
@@ -203,13 +231,17 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
 
     `augment(x, y)`, when given, is applied to every training batch; the teacher-output cache is then bypassed."""
     device = torch.device(device)
-    set_threads(train.threads)
+    rank, world = rank_and_world()
+    if world == 1:  # a rank's threads were set by the launcher, which divided the cores
+        set_threads(train.threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
     student.to(device, memory_format=torch.channels_last).train()
     loss.to(device).train()
     student_fwd = outputs_of(student, loss.nodes("student"))
+    if world > 1:
+        student_fwd = data_parallel(student, loss.nodes("student"), device)
     if train.compile:
         student_fwd = torch.compile(student_fwd)
     # a split streamed from disk (kdchain.data.folder.StreamSplit) stays where it is; in-memory ones move
@@ -235,11 +267,11 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
             t0 = time.perf_counter()
             train_loss, parts_mean = _train_epoch(student_fwd, teacher_fwd, cached, loss, train_split, augment,
                                                   opt, sched, gen, train, device, epoch)
-            report = EpochReport(epoch, train.epochs, train_loss, evaluate(student, val_split), parts_mean,
+            report = EpochReport(epoch, train.epochs, train_loss, val_accuracy(student, val_split), parts_mean,
                                  time.perf_counter() - t0)
             result.history.append(report)
             result.train_seconds += report.seconds
-            if state_path is not None:
+            if state_path is not None and rank == 0:
                 atomic_save({"student": trained_state(student), "loss": loss.state_dict(),  # replaces last epoch's
                              "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
                              "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,

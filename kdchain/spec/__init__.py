@@ -19,7 +19,7 @@ from kdchain.spec.search import (BestAccuracy, Knee, ParetoFront, SearchBudget, 
                                  SearchSpace, SearchSpec, SmallestRetaining)
 from kdchain.spec.sweep import SweepSpec
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
-from kdchain.spec.train import TrainSpec
+from kdchain.spec.train import DistributedSpec, TrainSpec
 
 __all__ = [
     "SpecError", "Strict", "canonical_json", "flatten", "spec_hash", "ChainSpec", "GenerationSpec", "TeacherSpec",
@@ -30,4 +30,5 @@ __all__ = [
     "StudentSpec", "TimmArch", "TorchvisionArch", "is_checkpoint_path",
     "BestAccuracy", "Knee", "ParetoFront", "SearchBudget", "SearchObjective", "SearchRunner", "SearchSpace",
     "SearchSpec", "SmallestRetaining", "SweepSpec", "MeasureSpec", "PromotionSpec", "TrackingSpec", "TrainSpec",
+    "DistributedSpec",
 ]

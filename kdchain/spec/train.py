@@ -2,9 +2,26 @@
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from kdchain.spec.base import Strict
+
+
+class DistributedSpec(Strict):
+    """Data-parallel training of one generation under torch.distributed (elastic launch, as torchrun does)."""
+
+    nproc: int = Field(1, ge=1, description="processes (ranks) per node; 1 = one process, no torch.distributed. "
+                       "Each rank trains batch_size / nproc images of every batch (the per-rank batch), so the "
+                       "effective batch, the steps per epoch and the learning-rate schedule are those of one process")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="collective backend: auto = nccl when training on CUDA (one GPU per rank, "
+        "cuda:LOCAL_RANK), gloo on the CPU; nccl needs CUDA")
+    nnodes: int = Field(1, ge=1, description="nodes taking part; more than 1 needs rdzv_endpoint, the same config "
+                        "on every node and a workdir they all share")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous (e.g. the first node); "
+                                      "null = a free port on this machine (one node)")
+    rdzv_timeout: int = Field(60, ge=1, description="seconds to wait for every rank to join the rendezvous (and "
+                              "to reach its endpoint) before the generation fails")
 
 
 class TrainSpec(Strict):
@@ -26,6 +43,17 @@ class TrainSpec(Strict):
         "generation's workdir (removed when it finishes) if they fit the disk; on = in memory, also past the "
         "budget; disk = always on disk; off = the teacher runs live")
     cache_memory_mb: float = Field(512.0, gt=0.0, description="memory budget of the teacher-output cache (auto)")
+
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec,
+                                         description="data-parallel training over several processes (torch.distributed)")
+
+    @model_serializer(mode="wrap")
+    def _default_distributed_left_out(self, handler):
+        # one process, the default, is left out of the dump: generation keys and chain runs stay as they were
+        data = handler(self)
+        if self.distributed == DistributedSpec() and isinstance(data, dict):
+            data.pop("distributed", None)
+        return data
 
     @field_validator("cache", mode="before")
     @classmethod
