@@ -180,6 +180,24 @@ def _training_bytes(spec: ChainSpec, index: int) -> tuple[int | None, int | None
         return None, None
 
 
+def _test_metrics(student: nn.Module, teacher, data, device) -> tuple[dict, list[list[int]]]:
+    """Test and validation accuracy, agreement with the (direct) teacher on the test split, and the confusion."""
+    student.eval()
+    test = data.test.to(device)
+    test_logits, test_y = predict_split(student, test)
+    test_pred = test_logits.argmax(1)
+    k = data.num_classes
+    confusion = torch.bincount(test_y * k + test_pred, minlength=k * k).view(k, k).tolist()
+    metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
+               "val_accuracy": evaluate(student, data.val.to(device))}
+    if teacher is not None:
+        teacher_pred = predict_split(getattr(teacher, "direct", teacher).to(device), test)[0].argmax(1)
+        metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
+    else:
+        metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
+    return metrics, confusion
+
+
 def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
                       on_epoch: Callable[[EpochReport], None] | None,
                       extra_teachers: list[Path] = (), device: torch.device | None = None,
@@ -218,19 +236,7 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     t1 = time.perf_counter()
     if leave_group() != 0:  # one rank of several: rank 0 alone measures and writes the generation
         return None, None
-    student.eval()
-    test = data.test.to(device)
-    test_logits, test_y = predict_split(student, test)
-    test_pred = test_logits.argmax(1)
-    k = data.num_classes
-    confusion = torch.bincount(test_y * k + test_pred, minlength=k * k).view(k, k).tolist()
-    metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
-               "val_accuracy": evaluate(student, data.val.to(device))}
-    if teacher is not None:
-        teacher_pred = predict_split(getattr(teacher, "direct", teacher).to(device), test)[0].argmax(1)
-        metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
-    else:
-        metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
+    metrics, confusion = _test_metrics(student, teacher, data, device)
     t2 = time.perf_counter()
     costs = profile(student, input_shape, spec.measure.runs, spec.measure.budget_s)
     metrics.update({k: float(v) for k, v in costs.as_dict().items()})
