@@ -29,8 +29,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from _common import ROOT  # noqa: E402
 from quality import LABELS, METHODS, base_config, mean_std, write_section  # noqa: E402
 
+from kdchain.models import derive_arch  # noqa: E402
 from kdchain.resolve import resolve_chain  # noqa: E402
-from kdchain.spec import spec_from_dict  # noqa: E402
+from kdchain.spec import Derive, spec_from_dict  # noqa: E402
 
 KD = METHODS["kd"]
 
@@ -41,6 +42,9 @@ def prune_settings(cfg: dict) -> dict[str, dict]:
     convs = cfg["teacher"]["model"].get("convs_per_stage", 1)
     out = {}
     for g in cfg["generations"]:
+        if "prune" in g["student"]:  # the config prunes already (the default chains): as it says, sizes as derive's
+            out[g["name"]] = {"depth": 1.0, **g["student"]["prune"], "round_to": 1}
+            continue
         d = g["student"]["derive"]
         depth = d.get("depth", 1.0)
         if depth < 1:  # derive keeps round(n * depth) convs per stage; pruning may drop the n - 1 after the first
@@ -53,7 +57,9 @@ def prune_settings(cfg: dict) -> dict[str, dict]:
 
 def variants(cfg: dict, seed: int, teacher_ckpt: str | None) -> dict[str, dict]:
     resolved = resolve_chain(spec_from_dict({**cfg, "seed": seed}))
-    arch = {g.name: g.arch.model_dump(mode="json") for g in resolved}
+    # the fresh variants' students: a pruned generation's size as a fresh model (what derive width 1.0 gives)
+    arch = {g.name: (derive_arch(g.arch, Derive(width=1.0)) if g.arch.kind == "pruned" else g.arch).model_dump(mode="json")
+            for g in resolved}
     train = {g["name"]: g.get("train", {}) for g in cfg["generations"]}
     prunes = prune_settings(cfg)
     names = [g["name"] for g in cfg["generations"]]
