@@ -126,8 +126,8 @@ def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
         taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if hasattr(t, "student_node")}
         if g.index + 1 < len(gens):
             taps |= {t.teacher_node for t in gens[g.index + 1].distill if hasattr(t, "teacher_node")}
-        summary = describe(g.arch) + (" (pruned now from initial weights: the trained teacher's pruning may keep "
-                                      "other channels and blocks)" if g.arch.kind == "pruned" else "")
+        # a trained teacher's pruning may keep other channels and blocks, never other counts of them
+        summary = describe(g.arch) + (" (pruned now from initial weights)" if g.arch.kind == "pruned" else "")
         row = {"index": g.index, "name": g.name, "summary": summary, "arch": g.arch.model_dump(mode="json"),
                "params": count_params(model), "flops": count_flops(model, input_shape),
                "feature_maps": {n: list(s) for n, s in feature_shapes(model, sorted(taps), input_shape).items()},

@@ -3,6 +3,7 @@ weights_only checkpoint, resume, spare tapped blocks, reject bad settings, and r
 ONNX), VGG19 included."""
 
 import pickle
+import re
 
 import mlflow
 import numpy as np
@@ -81,7 +82,8 @@ def test_a_pruned_checkpoint_round_trips_exactly_under_weights_only(trained, tmp
 def test_resume_after_a_kill_mid_generation_gives_the_uninterrupted_pruned_student(trained, tmp_path):
     spec, _, checkpoint, _ = trained
     spec = spec.model_copy(update={"generations": [spec.generations[0].model_copy(
-        update={"train": spec.generations[0].train.model_copy(update={"epochs": 3})})]})
+        # one thread: the count of idle cores (the default) may differ between the runs, and with it the float sums
+        update={"train": spec.generations[0].train.model_copy(update={"epochs": 3, "threads": 1})})]})
     _, whole = train_generation(spec, 1, checkpoint, tmp_path / "whole")
 
     class Killed(Exception):
@@ -97,7 +99,7 @@ def test_resume_after_a_kill_mid_generation_gives_the_uninterrupted_pruned_stude
     outcome, resumed = train_generation(spec, 1, checkpoint, tmp_path / "killed")
     assert outcome.resumed_from_epoch == 2 and [r.epoch for r in outcome.history] == [3]
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in whole.state_dict().items())
-    assert "pruned (width 0.5 depth 0.5)" in outcome.arch_summary
+    assert re.search(r"pruned to width 0\.5, \d blocks? removed", outcome.arch_summary), outcome.arch_summary
 
 
 def test_a_depth_prune_never_removes_a_tapped_block(tmp_path):
@@ -185,7 +187,7 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     assert teacher.metrics["test_accuracy"] == pytest.approx(runs["B"].data.metrics["test_accuracy"], abs=1e-4)
     outcome, _ = train_generation(spec, 1, teacher.checkpoint, tmp_path / "again" / "1")
     assert outcome.metrics["params"] < 0.5 * runs["B"].data.metrics["params"]
-    assert "width 0.5 depth 0.5, width 0.5" in outcome.arch_summary
+    assert "pruned to width 0.125, 1 block removed" in outcome.arch_summary
 
 
 def cifar_folder(root):
@@ -245,7 +247,7 @@ def test_a_search_varies_the_pruned_width_and_depth_and_its_winner_is_the_pruned
     trials = client.search_runs([exp.experiment_id], "tags.`kdchain.kind` = 'trial'")
     assert len(trials) == 3 and all(t.data.metrics["params"] <= 20000 for t in trials)
     a = result.generations[1]
-    assert "pruned (width" in a.summary and a.metrics["params"] <= 20000
+    assert "pruned to width" in a.summary and a.metrics["params"] <= 20000
     assert a.metrics["test_accuracy"] > 0.8  # the teacher's weights, healed in 2 epochs
     chosen = [t for t in trials if t.data.tags.get("kdchain.chosen") == "true"]
     assert len(chosen) == 1 and chosen[0].data.metrics["params"] == a.metrics["params"]

@@ -19,6 +19,7 @@ A plan (no record yet, e.g. in `kdchain inspect`) is made concrete by pruning th
 """
 
 import copy
+import math
 from functools import lru_cache
 from typing import Callable
 
@@ -319,9 +320,18 @@ def _levels(arch) -> tuple[object, list[Prune]]:
 
 
 def describe_pruned(arch: PrunedArch) -> str:
+    """`<root> pruned to width W`: W is the share of the root's channels kept (the product of every link's width),
+    then the blocks removed so far (once pruned) or the depth asked for (a plan)."""
     root, levels = _levels(arch)
-    steps = ", ".join(f"width {p.width:g}" + (f" depth {p.depth:g}" if p.depth < 1 else "") for p in levels)
-    return f"{describe(root)} pruned ({steps})"
+    text = f"{describe(root)} pruned to width {math.prod(p.width for p in levels):.3g}"
+    removed, node = 0, arch
+    while node.kind == "pruned":
+        removed += len((node.record or {}).get("removed", []))
+        node = node.base
+    if removed:
+        return text + f", {removed} block{'s' if removed > 1 else ''} removed"
+    depth = min(p.depth for p in levels)
+    return text + (f", depth {depth:g}" if depth < 1 else "")
 
 
 def derive_pruned(arch: PrunedArch, derive: Derive):
