@@ -120,7 +120,9 @@ def watch_server(api_url: str) -> threading.Event:
 
                     server.kill_temporary(api_url)
                 get_current_settings().client.max_retries = 0  # every later call fails at once instead
-                logging.getLogger("prefect").setLevel(logging.CRITICAL + 1)  # its failures are said in one line
+                for name in ["prefect", *logging.root.manager.loggerDict]:  # its failures are said in one line;
+                    if name.startswith("prefect"):  # children too: prefect._internal's loggers ignore levels
+                        logging.getLogger(name).disabled = True
                 logging.raiseExceptions = False  # nor "--- Error logging to API ---" from its log worker
                 _thread.interrupt_main(signal.SIGINT)  # runs _on_signal in the main thread (install() first)
                 return
