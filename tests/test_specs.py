@@ -19,8 +19,10 @@ def test_default_config_round_trips_and_hashes_stably():
 
 
 def test_derived_students_scale_width_and_depth():
-    spec = load_spec(ROOT / "configs" / "digits-chain.yaml")
-    archs = [g.arch for g in resolve_chain(spec)]
+    cfg = yaml.safe_load((ROOT / "configs" / "digits-chain.yaml").read_text())
+    for g, derive in zip(cfg["generations"], [{"width": 0.5}, {"width": 0.5}, {"width": 0.75, "depth": 0.5}]):
+        g["student"] = {"derive": derive}  # fresh students of the sizes the shipped config prunes to
+    archs = [g.arch for g in resolve_chain(spec_from_dict(cfg))]
     assert [a.channels for a in archs] == [[32, 64, 128], [16, 32, 64], [8, 16, 32], [6, 12, 24]]
     assert [a.convs() for a in archs] == [[2, 2, 2]] * 3 + [[1, 1, 1]]
 
