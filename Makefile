@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test test-all setup clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ run: $(STAMP)
 	$(BIN)/kdchain run configs/digits-chain.yaml
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)  # also the tests marked slow (the example at 224x224, two-rank training): about 3 CPU minutes more
 	$(BIN)/python -m pytest -q
 
 clean:

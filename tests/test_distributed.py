@@ -47,6 +47,7 @@ def teacher_run(cfg: dict):
     return next(r for r in gen_runs(runs_of(store(cfg), cfg["name"])) if r.data.tags.get(GENERATION) == "0")
 
 
+@pytest.mark.slow  # about 90 s of CPU: 4 launches of 2 ranks, each importing torch
 def test_two_ranks_learn_as_one_process_survive_a_dead_rank_and_a_killed_launcher(tmp_path, cli_env):
     """One chain run three times: a rank killed, then the launcher killed -9, then to the end."""
     single = train_generation(ChainSpec.model_validate(ddp_chain(tmp_path / "single", "single", 1)), 0, None,
