@@ -32,6 +32,8 @@ def trained(result) -> list[str]:
 @pytest.mark.usefixtures("prefect_harness")
 def test_change_c_trains_only_c_add_d_trains_only_d_fresh_b_retrains_b_and_c_and_clean(tmp_path, capsys):
     cfg = tiny_chain(tmp_path, name="loop")
+    for part in [cfg["teacher"]] + cfg["generations"]:  # B retrained below must come out bit for bit the same (its
+        part["train"]["threads"] = 1  # digest keys C): the default, the idle cores, may differ between runs under load
     uri = cfg["tracking"]["uri"]
     first = distill_chain(spec_of(tmp_path, cfg))
     assert trained(first) == NAMES and first.reused == []
