@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(STAMP)  # also the tests marked slow (the example at 224x224, two-rank training): about 3 CPU minutes more
+test-all: $(STAMP)  # also the tests marked slow (the example at 224x224, two-rank training, a Dask sweep): ~4 CPU minutes more
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, tiny_chain, write_config
@@ -20,6 +21,7 @@ def _one_student(tmp_path, name: str) -> dict:
                       measure={"onnx": False, "speed": False})
 
 
+@pytest.mark.slow  # about 55 s of CPU: 4 chains on a 2-worker Dask cluster and a temporary Prefect server
 def test_sweep_of_two_values_and_two_seeds_on_a_local_dask_cluster(tmp_path):
     """No PREFECT_API_URL and no kept server: the command's temporary Prefect server serves the Dask workers."""
     cfg = _one_student(tmp_path, "swept")
