@@ -63,15 +63,25 @@ def test_readme_work_pool_procedure_runs_a_retrain(tmp_path):
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             time.sleep(2)
         assert runs and runs[0]["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
-        # the retrain ran the chain as a subflow: its per-generation records are in the Prefect logs
-        logs, offset = [], 0  # every page: the API answers at most 200 records a call
+        # the retrain ran the chain as a subflow: its per-generation records are in the Prefect logs. They reach the
+        # server's database after the flow run's state (the client and the server both batch them): wait for them.
+        def generation_records() -> list[str]:
+            logs, offset = [], 0  # every page: the API answers at most 200 records a call
+            while True:
+                page = api.post("/logs/filter", json={"offset": offset, "limit": 200, "sort": "TIMESTAMP_ASC"}).json()
+                logs += [entry["message"] for entry in page]
+                if len(page) < 200:
+                    return logs
+                offset += 200
+
+        deadline = time.time() + 60
         while True:
-            page = api.post("/logs/filter", json={"offset": offset, "limit": 200, "sort": "TIMESTAMP_ASC"}).json()
-            logs += [entry["message"] for entry in page]
-            if len(page) < 200:
+            logs = generation_records()
+            found = any(m.startswith("teacher: ") for m in logs) and any(m.startswith("A: ") for m in logs)
+            if found or time.time() > deadline:
                 break
-            offset += 200
-        assert any(m.startswith("teacher: ") for m in logs) and any(m.startswith("A: ") for m in logs), logs
+            time.sleep(2)
+        assert found, logs
         chains = MlflowClient(cfg["tracking"]["uri"]).search_runs(
             [MlflowClient(cfg["tracking"]["uri"]).get_experiment_by_name("pooled").experiment_id],
             "tags.`kdchain.kind` = 'chain'")
