@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoint, teacher_source
-from kdchain.data import batches, load_data
+from kdchain.data import batches, data_fingerprint, load_data
 from kdchain.distill import (Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device,
                              predict_split)
 from kdchain.distill.distributed import (EpochWriter, backend_for, launch, leave_group, rank_and_world, rank_process,
@@ -29,8 +29,10 @@ from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.models.prune import prune_model
 from kdchain.models.taps import feature_shapes
-from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
-from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss, PrunedArch
+from kdchain.distill.views import VIEWS_VERSION, ViewStore
+from kdchain.resolve import ResolvedGeneration, file_digest, resolve_chain, teacher_indices
+from kdchain.workdir import FOLDER
+from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss, PrunedArch, spec_hash
 
 
 class ResourceError(Exception):
@@ -101,6 +103,27 @@ def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module |
         weights = {LOGITS: gen.teacher_weights[gen.index - 1]} | {
             teacher_key(k): gen.teacher_weights[i] for k, i in enumerate(extra)}
     return DistillLoss(gen.distill, shapes, weights)
+
+
+def view_store(spec: ChainSpec, gen: ResolvedGeneration, teacher_checkpoints: list[Path],
+               loss: DistillLoss) -> ViewStore | None:
+    """Where each teacher's stored views for `gen` live (`train.teacher_views`; None when off): beside that
+    teacher's checkpoint in its generation folder, so that every student it teaches finds them and `kdchain clean`
+    removes them with it (a teacher loaded from elsewhere: the chain's workdir folder). Direct teacher first.
+    Each key is what that teacher's outputs depend on: its weights, the data, the views' seed (the chain's, so
+    that students at different links share them), K, the nodes read from it, the precision."""
+    if not gen.train.teacher_views or not loss.needs_teacher:
+        return None
+    folders = []
+    for i, checkpoint in enumerate(teacher_checkpoints):
+        key = spec_hash({"teacher": file_digest(Path(checkpoint)), "data": data_fingerprint(spec.data),
+                         "seed": spec.seed, "views": gen.train.teacher_views,
+                         "nodes": loss.nodes("teacher") if i == 0 else [],  # the others teach logits only
+                         "precision": gen.train.precision, "version": VIEWS_VERSION})
+        home = Path(checkpoint).resolve().parent
+        home = home if FOLDER.match(home.name) else Path(spec.workdir).resolve() / spec.name
+        folders.append(home / f"views-{key[:12]}")
+    return ViewStore(folders, spec.seed)
 
 
 def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
@@ -231,8 +254,9 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    views = view_store(spec, gen, [teacher_checkpoint, *extra_teachers], loss) if index > 0 else None
     result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
-                 device=device, state_path=out_dir / "train_state.pt")
+                 device=device, state_path=out_dir / "train_state.pt", view_store=views)
     t1 = time.perf_counter()
     if leave_group() != 0:  # one rank of several: rank 0 alone measures and writes the generation
         return None, None
@@ -266,6 +290,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     if int8 is not None:
         metrics.update(int8.metrics)
         outcome.tags = int8_tags(int8, gen.deploy.max_drop)
+    if result.teacher != "none":  # cached, stored views or live, and why: in the run's tags
+        outcome.tags["kdchain.teacher_outputs"] = result.teacher[:5000]
     return outcome, student.cpu()
 
 

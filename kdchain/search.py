@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from kdchain.chain import build_loss, training_sample
+from kdchain.chain import build_loss, training_sample, view_store
 from kdchain.checkpoints import ARCH, load_checkpoint
 from kdchain.data import input_info, load_data
 from kdchain.distill import fit, pick_device
@@ -277,7 +277,8 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
     try:
         fit(student, teacher, loss, data, gen.train.model_copy(update={"epochs": search.proxy_epochs,
                                                                         "threads": torch_threads}),
-            seed=spec.seed + index, on_epoch=report, device=pick_device(spec.device))
+            seed=spec.seed + index, on_epoch=report, device=pick_device(spec.device),
+            view_store=view_store(spec, gen, [Path(teacher_checkpoint)], loss))
     except _Pruned:
         state = "pruned"
     return TrialResult(number=number, params=candidate.params, summary=candidate.summary, arch=candidate.arch,

@@ -1,6 +1,8 @@
 """Per-batch augmentation on tensors, on the device the batch is on: random crop with zero padding, flip.
 
-Randomness comes from torch's global generator, which `fit` seeds, so a run repeats exactly.
+Randomness comes from torch's global generator, which `fit` seeds, so a run repeats exactly. The draw (each
+image's crop offset and flip) is separate from its application, so that a seeded view can be drawn again and
+replayed: the FKD recipe (kdchain.distill.views) stores the teacher's outputs for K such views.
 """
 
 import torch
@@ -9,33 +11,60 @@ import torch.nn.functional as F
 from kdchain.spec import Augment
 
 
-def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """x (N, C, H, W) -> same shape: each image zero-padded by `padding` and cropped at its own random offset."""
+def random_crop(x: torch.Tensor, padding: int, oy: torch.Tensor | None = None,
+                ox: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, C, H, W) -> same shape: each image zero-padded by `padding` and cropped at its own offset (oy, ox:
+    (N, 1) in [0, 2 * padding]; random when not given)."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-    ox = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    if oy is None:
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
     rows = (oy + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
     cols = (ox + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
 
 
-def random_flip(x: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+def random_flip(x: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, C, H, W) mirrored left-right where `flip` (N,) is true (random, one in two, when not given)."""
+    if flip is None:
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def make_augment(spec: Augment):
-    """A callable (N, C, H, W) -> (N, C, H, W) for the training batches, or None when nothing is on."""
-    if not spec.crop_padding and not spec.flip:
-        return None
+class Augmentation:
+    """Callable (N, C, H, W) -> (N, C, H, W) for the training batches; `draw` and `apply` split it in two."""
 
-    def augment(x: torch.Tensor) -> torch.Tensor:
-        if spec.crop_padding:
-            x = random_crop(x, spec.crop_padding)
-        if spec.flip:
-            x = random_flip(x)
+    def __init__(self, spec: Augment):
+        self.spec = spec
+
+    def draw(self, n: int, generator: torch.Generator | None = None, device="cpu") -> dict[str, torch.Tensor]:
+        """The random choices for n images: {"oy", "ox": (N, 1) crop offsets, "flip": (N,) bool}; from the global
+        generator on `device`, or from `generator` (CPU) and then moved there."""
+        on = "cpu" if generator is not None else device
+        out = {}
+        if self.spec.crop_padding:
+            high = 2 * self.spec.crop_padding + 1
+            out["oy"] = torch.randint(0, high, (n, 1), generator=generator, device=on)
+            out["ox"] = torch.randint(0, high, (n, 1), generator=generator, device=on)
+        if self.spec.flip:
+            out["flip"] = torch.rand(n, generator=generator, device=on) < 0.5
+        return {k: v.to(device) for k, v in out.items()}
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.spec.crop_padding:
+            x = random_crop(x, self.spec.crop_padding, params["oy"], params["ox"])
+        if self.spec.flip:
+            x = random_flip(x, params["flip"])
         return x
 
-    return augment
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.draw(len(x), device=x.device))
+
+
+def make_augment(spec: Augment) -> Augmentation | None:
+    """The training batches' augmentation, or None when nothing is on."""
+    if not spec.crop_padding and not spec.flip:
+        return None
+    return Augmentation(spec)

@@ -1,6 +1,7 @@
 """Distillation: loss terms (losses), the training engine (engine.fit), the teacher side and its output cache
-(teacher), evaluation (evaluate), device and precision (device), atomic files and the resume state (state),
-data-parallel training over several processes (distributed)."""
+(teacher), the teacher's stored views under augmentation (views: the FKD recipe), evaluation (evaluate), device,
+precision and memory format (device), atomic files and the resume state (state), data-parallel training over
+several processes (distributed)."""
 
 from kdchain.distill.device import autocast, free_cores, pick_device, use_bf16
 from kdchain.distill.distributed import RankFailed

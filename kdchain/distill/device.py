@@ -1,4 +1,4 @@
-"""Where and how tensors compute: the device, the CPU threads, bf16 autocast, channels_last."""
+"""Where and how tensors compute: the device, the CPU threads, bf16 autocast, the memory format."""
 
 import os
 import time
@@ -62,5 +62,27 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
 
 
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """channels_last where it is the faster layout for `model` on the device it is on: always on CUDA; on the CPU
+    when every convolution's channels are multiples of 8 (the image's own 1-4 channels aside), which oneDNN's
+    blocked kernels want. Measured here (AMX CPU, bf16, batch 128 at 32x32, a training step): 16-32-64 37.5 ms
+    channels_last vs 51.0 contiguous, but a student pruned to 12-24-48 69.4 vs 39.4 and 8-17-34 51.3 vs 35.6."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    param = next(model.parameters(), None)
+    if not convs or param is None:
+        return torch.contiguous_format
+    if param.device.type == "cuda":
+        return torch.channels_last
+    aligned = all(c.out_channels % 8 == 0 and (c.in_channels % 8 == 0 or c.in_channels <= 4) for c in convs)
+    return torch.channels_last if aligned else torch.contiguous_format
+
+
+def in_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """A batch (N, C, H, W) in the layout its model runs in (a no-op when it already is)."""
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` on `device`, in the memory format it runs fastest in there (`memory_format`)."""
+    model.to(device)
+    return model.to(memory_format=memory_format(model))

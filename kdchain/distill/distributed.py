@@ -30,6 +30,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
 from kdchain.distill.losses import LOGITS
+from kdchain.distill.device import in_format, memory_format
 from kdchain.models.taps import Tapped
 from kdchain.spec import DistributedSpec
 
@@ -90,7 +91,8 @@ def data_parallel(student: torch.nn.Module, nodes: list[str], device: torch.devi
     module = Tapped(student, nodes) if nodes else student
     ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                   find_unused_parameters=bool(nodes))
-    return ddp if nodes else (lambda x: {LOGITS: ddp(x)})
+    fmt = memory_format(student)  # the input in the student's own layout
+    return (lambda x: ddp(in_format(x, fmt))) if nodes else (lambda x: {LOGITS: ddp(in_format(x, fmt))})
 
 
 def gather_rows(parts: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """fit: pure torch, seeded; reports through a callback and knows nothing of MLflow or Prefect.
 
-The training split stays resident on the device as one tensor (channels_last) and is batched by the indices
+The training split stays resident on the device as one tensor and is batched by the indices
 of a seeded permutation. Inside the step nothing synchronises with the host: per-epoch sums stay on the device
 and are read once at the end of the epoch. The forward runs under bf16 autocast where the hardware has bf16
 (CUDA; AVX512-BF16/AMX CPUs; `train.precision`); on CUDA the optimizer is fused; `train.compile` wraps the
@@ -28,13 +28,14 @@ import torch
 from torch import nn
 
 from kdchain.data import DataBundle, batches
-from kdchain.distill.device import autocast, channels_last, set_threads
+from kdchain.distill.device import autocast, place, set_threads
 from kdchain.distill.distributed import (all_sum, average_grads, data_parallel, gather_rows, rank_and_world,
                                          rows_of_rank, shard)
 from kdchain.distill.evaluate import evaluate, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state, restore_trained, trained_state
 from kdchain.distill.teacher import Augment, Teachers, outputs_of, teacher_cache_plan, teacher_outputs
+from kdchain.distill.views import ViewStore, all_view_params, teacher_views, views_plan
 from kdchain.models.taps import feature_shapes
 from kdchain.spec import TrainSpec
 
@@ -59,8 +60,30 @@ class FitResult:
     resumed_from_epoch: int = 0  # epochs restored from state_path instead of trained
     restored: list[EpochReport] = field(default_factory=list)  # the reports of those epochs, from the state
     train_seconds: float = 0.0
-    teacher: str = "none"  # how the teacher's outputs were obtained: none, cached, or live (and why)
-    cache_seconds: float = 0.0  # time to fill the teacher-output cache
+    teacher: str = "none"  # how the teacher's outputs were obtained: none, cached, stored views, or live (and why)
+    cache_seconds: float = 0.0  # time to fill the teacher-output cache (or to compute or read the stored views)
+
+
+@dataclass
+class StoredViews:
+    """The FKD recipe's side of a step (kdchain.distill.views): the teacher's outputs {name: (K, N, ...)} for K
+    seeded augmented views of each training image, and each view's augmentation {name: (K, N, ...)}."""
+    outputs: dict
+    params: dict
+    augmentation: object  # kdchain.data.augment.Augmentation: applies the stored params
+
+    @property
+    def k(self) -> int:
+        return next(iter(self.outputs.values())).shape[0]
+
+    def batch(self, x: torch.Tensor, idx: torch.Tensor, view: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
+        """(the batch as image idx[j]'s view view[j] shows it, the teacher's outputs on exactly that view)."""
+        x = self.augmentation.apply(x, {name: p[view, idx] for name, p in self.params.items()})
+        out = {}
+        for name, t in self.outputs.items():
+            at = t.device
+            out[name] = t[view.to(at), idx.to(at)].to(device).float()  # a disk map: float16, read for this batch
+        return x, out
 
 
 def make_optimizer(params, spec: TrainSpec, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
@@ -118,25 +141,31 @@ def _report_dict(r: EpochReport) -> dict:
 
 def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train_split, streamed: bool,
                   augment: Augment | None, train: TrainSpec, device: torch.device, result: "FitResult",
-                  spill_dir: Path | None = None):
-    """(teacher forward or None, cached outputs {name: (N, ...)} or None); says how in result.teacher."""
+                  spill_dir: Path | None = None, view_store: ViewStore | None = None, replayable=None):
+    """(teacher forward or None, cached outputs {name: (N, ...)} or None, StoredViews or None); says how in
+    result.teacher."""
     if not loss.needs_teacher:
-        return None, None
+        return None, None, None
     if teacher is None:
         raise ValueError("this loss needs a teacher")
-    teacher.to(device, memory_format=torch.channels_last).eval()
+    for model in [getattr(teacher, "direct", teacher), *getattr(teacher, "extra", [])]:
+        place(model, device).eval()
+    teacher.eval()
     teacher_fwd = outputs_of(teacher, loss.nodes("teacher"))
     direct = teacher.direct if isinstance(teacher, Teachers) else teacher
     extra = len(teacher.extra) if isinstance(teacher, Teachers) else 0
     shapes = {LOGITS: (data.num_classes,)} | {n: tuple(s) for n, s in
                                               feature_shapes(direct, loss.nodes("teacher"), data.input_shape).items()}
     shapes |= {teacher_key(i): (data.num_classes,) for i in range(extra)}
+    if train.teacher_views and augment is not None:
+        return teacher_fwd, None, _stored_views(teacher, loss, train_split, streamed, replayable, train, device,
+                                                result, shapes, view_store)
     use_cache, result.teacher = teacher_cache_plan(train.cache, augment, len(train_split), shapes,
                                                    train.cache_memory_mb, spill_dir)
     if use_cache and streamed:
         use_cache, result.teacher = False, "live: the training split is streamed from disk"
     if not use_cache:
-        return teacher_fwd, None
+        return teacher_fwd, None, None
     t0 = time.perf_counter()
     rows = rows_of_rank(len(train_split))
     if use_cache == "memory" and rows is not None:  # a shard per rank, then every rank holds all of it
@@ -148,7 +177,41 @@ def _teacher_side(teacher: nn.Module | None, loss: DistillLoss, data: DataBundle
         cached = teacher_outputs(teacher_fwd, train_split, device, precision=train.precision,  # {name: (N, ...)}
                                  spill_dir=spill_dir if use_cache == "disk" else None)
     result.cache_seconds = time.perf_counter() - t0
-    return teacher_fwd, cached
+    return teacher_fwd, cached, None
+
+
+def _stored_views(teacher: nn.Module, loss: DistillLoss, train_split, streamed: bool, augmentation,
+                  train: TrainSpec, device: torch.device, result: "FitResult", shapes: dict,
+                  store: ViewStore) -> StoredViews | None:
+    """The teachers' outputs on `train.teacher_views` seeded views (computed, or read where a student of the same
+    teacher stored them); None, with the reason in result.teacher, where the teacher must run live."""
+    if streamed:
+        result.teacher = "live: the training split is streamed from disk (teacher_views needs it in memory)"
+        return None
+    if augmentation is None or not hasattr(augmentation, "draw"):
+        result.teacher = "live: teacher_views replays the data set's own augmentation, and fit was given another"
+        return None
+    # each teacher on its own (its views are stored beside it): the direct one with the tapped nodes, the others'
+    # logits as teacher_key(i)
+    teachers = [(outputs_of(getattr(teacher, "direct", teacher), loss.nodes("teacher")), {})]
+    teachers += [(outputs_of(m, []), {LOGITS: teacher_key(i)}) for i, m in enumerate(getattr(teacher, "extra", []))]
+    folders = store.folders or [None] * len(teachers)
+    k, n = train.teacher_views, len(train_split)
+    where, result.teacher = views_plan(train.cache, k, n, shapes, train.cache_memory_mb, folders[0])
+    if where is None:
+        return None
+    t0 = time.perf_counter()
+    outputs, computed = {}, 0
+    for (fwd, rename), folder in zip(teachers, folders):
+        mine, read = teacher_views(fwd, train_split, augmentation, k, store.seed, device, train.precision, where,
+                                   folder)
+        outputs |= {rename.get(name, name): t for name, t in mine.items()}
+        computed += not read
+    result.cache_seconds = time.perf_counter() - t0
+    how = (f"computed for {computed} of {len(teachers)} teachers, read for the others" if 0 < computed < len(teachers)
+           else "computed" if computed else "read")
+    result.teacher += f", {how} in {result.cache_seconds:.1f} s"
+    return StoredViews(outputs, all_view_params(augmentation, n, store.seed, k, device), augmentation)
 
 
 def _restore(state_path: Path | None, device, student, loss, opt, sched, gen, result: "FitResult") -> int:
@@ -181,24 +244,16 @@ def _restore(state_path: Path | None, device, student, loss, opt, sched, gen, re
 
 
 def _train_epoch(student_fwd, teacher_fwd, cached, loss: DistillLoss, train_split, augment, opt, sched,
-                 gen: torch.Generator, train: TrainSpec, device: torch.device, epoch: int) -> tuple[float, dict]:
+                 gen: torch.Generator, train: TrainSpec, device: torch.device, epoch: int,
+                 views: StoredViews | None = None) -> tuple[float, dict]:
     """One pass over the training split; (mean loss, mean of each term). Raises Diverged on a non-finite loss."""
     loss.set_epoch(epoch)  # FitNets: the first hint_epochs train on the hint alone
     loss_sum = torch.zeros((), device=device)
     part_sums = {name: torch.zeros((), device=device) for name in loss.names}
+    # stored views: which of its K views each image trains on this epoch, (N,)
+    view_of = None if views is None else torch.randint(views.k, (len(train_split),), generator=gen).to(device)
     for idx, x, y in epoch_batches(train_split, train.batch_size, gen, device):
-        teacher_out = None
-        if augment is not None:
-            x, y = augment(x, y)
-        x = channels_last(x)
-        if cached is not None:
-            # same indices as the batch; a disk cache (float16, CPU) is read a batch at a time
-            teacher_out = {k: v[idx.to(v.device)].to(device).float() for k, v in cached.items()}
-        elif teacher_fwd is not None:
-            with torch.inference_mode(), autocast(device, train.precision):
-                teacher_out = teacher_fwd(x)  # live, on the very batch the student sees
-            # inference tensors cannot be saved for backward: clone into normal tensors
-            teacher_out = {k: v.float().clone() for k, v in teacher_out.items()}
+        x, y, teacher_out = _teacher_batch(x, y, idx, teacher_fwd, cached, views, view_of, augment, train, device)
         with autocast(device, train.precision):
             student_out = student_fwd(x)
         student_out = {k: v.float() for k, v in student_out.items()}
@@ -223,13 +278,37 @@ def _train_epoch(student_fwd, teacher_fwd, cached, loss: DistillLoss, train_spli
     return train_loss, parts_mean
 
 
+def _teacher_batch(x, y, idx, teacher_fwd, cached, views: StoredViews | None, view_of, augment, train: TrainSpec,
+                   device) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """(x as the student sees it, y, the teacher's outputs on that x or None): from stored views, the cache, or a
+    live forward."""
+    if views is not None:
+        x, teacher_out = views.batch(x, idx, view_of[idx], device)  # image idx[j] as its view view_of[idx[j]]
+        return x, y, teacher_out
+    if augment is not None:
+        x, y = augment(x, y)
+    teacher_out = None
+    if cached is not None:
+        # same indices as the batch; a disk cache (float16, CPU) is read a batch at a time
+        teacher_out = {k: v[idx.to(v.device)].to(device).float() for k, v in cached.items()}
+    elif teacher_fwd is not None:
+        with torch.inference_mode(), autocast(device, train.precision):
+            teacher_out = teacher_fwd(x)  # live, on the very batch the student sees
+        # inference tensors cannot be saved for backward: clone into normal tensors
+        teacher_out = {k: v.float().clone() for k, v in teacher_out.items()}
+    return x, y, teacher_out
+
+
 def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train: TrainSpec,
         seed: int = 0, on_epoch: Callable[[EpochReport], None] | None = None,
         device: torch.device | str = "cpu", state_path: Path | None = None,
-        augment: Augment | None = None) -> FitResult:
+        augment: Augment | None = None, view_store: ViewStore | None = None) -> FitResult:
     """Train `student` on `loss` (the teacher's outputs feed it when it needs them); returns the history.
 
-    `augment(x, y)`, when given, is applied to every training batch; the teacher-output cache is then bypassed."""
+    `augment(x, y)`, when given, is applied to every training batch; the teacher-output cache is then bypassed.
+    With `train.teacher_views` and the data set's augmentation, the teacher's outputs on that many seeded views
+    are computed before training (stored in, or read from, `view_store`'s folders) and no teacher forward runs
+    during training."""
     device = torch.device(device)
     rank, world = rank_and_world()
     if world == 1:  # a rank's threads were set by the launcher, which divided the cores
@@ -237,7 +316,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
 
-    student.to(device, memory_format=torch.channels_last).train()
+    place(student, device).train()
     loss.to(device).train()
     student_fwd = outputs_of(student, loss.nodes("student"))
     if world > 1:
@@ -248,14 +327,17 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
     streamed = hasattr(data.train, "stream")
     train_split = data.train if streamed else data.train.to(device)
     val_split = data.val if hasattr(data.val, "stream") else data.val.to(device)
+    replayable = None  # the data set's own augmentation, which stored views can replay
     if augment is None and data.augment is not None:  # the data set's per-batch augmentation (kdchain.data.augment)
+        replayable = data.augment
         augment = lambda x, y: (data.augment(x), y)  # noqa: E731
     result = FitResult()
     # a disk cache lives beside the resume state (the generation's own folder) and goes when fit returns
     spill_dir = Path(state_path).parent / "teacher_outputs" if state_path is not None else None
     try:
-        teacher_fwd, cached = _teacher_side(teacher, loss, data, train_split, streamed, augment, train, device,
-                                            result, spill_dir)
+        teacher_fwd, cached, views = _teacher_side(teacher, loss, data, train_split, streamed, augment, train,
+                                                   device, result, spill_dir, view_store or ViewStore(seed=seed),
+                                                   replayable)
         steps_per_epoch = math.ceil(len(train_split) / train.batch_size)
         # frozen parameters (a pretrained backbone) are not optimizer state
         trainable = [p for p in list(student.parameters()) + list(loss.parameters()) if p.requires_grad]
@@ -266,7 +348,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         for epoch in range(start_epoch + 1, train.epochs + 1):
             t0 = time.perf_counter()
             train_loss, parts_mean = _train_epoch(student_fwd, teacher_fwd, cached, loss, train_split, augment,
-                                                  opt, sched, gen, train, device, epoch)
+                                                  opt, sched, gen, train, device, epoch, views)
             report = EpochReport(epoch, train.epochs, train_loss, val_accuracy(student, val_split), parts_mean,
                                  time.perf_counter() - t0)
             result.history.append(report)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from kdchain.data import Split, batches
-from kdchain.distill.device import channels_last
+from kdchain.distill.device import in_format, memory_format
 
 
 def eval_batch_size(input_shape) -> int:
@@ -19,8 +19,9 @@ def predict(model: nn.Module, x, batch_size: int | None = None) -> torch.Tensor:
     model.eval()
     if isinstance(x, torch.Tensor):
         bs = batch_size or eval_batch_size(x.shape)
+        fmt = memory_format(model)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            out = torch.cat([model(channels_last(x[i:i + bs])).float() for i in range(0, len(x), bs)])
+            out = torch.cat([model(in_format(x[i:i + bs], fmt)).float() for i in range(0, len(x), bs)])
     else:
         out = predict_split(model, x, batch_size)[0]
     model.train(was_training)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kdchain.data import Split
-from kdchain.distill.device import autocast, channels_last
+from kdchain.distill.device import autocast, in_format, memory_format
 from kdchain.distill.losses import LOGITS, teacher_key
 from kdchain.models.taps import Tapped
 
@@ -40,9 +40,11 @@ def outputs_of(model: nn.Module, nodes: list[str]) -> Callable[[torch.Tensor], d
     if isinstance(model, Teachers):
         direct = outputs_of(model.direct, nodes)
         return lambda x: direct(x) | {teacher_key(i): m(x) for i, m in enumerate(model.extra)}
+    fmt = memory_format(model)  # the input in the model's own layout
     if nodes:
-        return Tapped(model, nodes)
-    return lambda x: {LOGITS: model(x)}
+        tapped = Tapped(model, nodes)
+        return lambda x: tapped(in_format(x, fmt))
+    return lambda x: {LOGITS: model(in_format(x, fmt))}
 
 
 def teacher_cache_plan(mode: str, augment: Augment | None, n: int, shapes: dict[str, tuple], budget_mb: float,
@@ -84,7 +86,7 @@ def teacher_outputs(teacher_fwd, split: Split, device: torch.device, batch_size:
     files: dict[str, np.memmap] = {}
     with autocast(device, precision):
         for i in range(0, len(split), batch_size):
-            for k, v in teacher_fwd(channels_last(split.inputs(split.x[i:i + batch_size]))).items():
+            for k, v in teacher_fwd(split.inputs(split.x[i:i + batch_size])).items():
                 if spill_dir is None:
                     parts.setdefault(k, []).append(v.float())
                     continue

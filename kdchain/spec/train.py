@@ -1,4 +1,4 @@
-"""How one generation trains: optimizer, schedule, precision, the teacher-output cache."""
+"""How one generation trains: optimizer, schedule, precision, the teacher-output cache and stored views."""
 
 from typing import Literal
 
@@ -43,16 +43,26 @@ class TrainSpec(Strict):
         "generation's workdir (removed when it finishes) if they fit the disk; on = in memory, also past the "
         "budget; disk = always on disk; off = the teacher runs live")
     cache_memory_mb: float = Field(512.0, gt=0.0, description="memory budget of the teacher-output cache (auto)")
+    teacher_views: int = Field(
+        0, ge=0, le=100, description="FKD (Shen & Xing, ECCV 2022) where the data set augments: the teacher's outputs "
+        "for this many seeded augmented views of every training image are computed once, before training, and "
+        "stored beside the teacher's checkpoint, where every student of that teacher (search trials, later chain "
+        "runs) reads them; each epoch trains on one stored view per image, drawn at random, and no teacher forward "
+        "runs during training. 0 = the teacher runs live on every augmented batch")
 
     distributed: DistributedSpec = Field(default_factory=DistributedSpec,
                                          description="data-parallel training over several processes (torch.distributed)")
 
     @model_serializer(mode="wrap")
-    def _default_distributed_left_out(self, handler):
-        # one process, the default, is left out of the dump: generation keys and chain runs stay as they were
+    def _defaults_left_out(self, handler):
+        # one process and no stored views, the defaults, are left out of the dump: generation keys and chain runs
+        # stay as they were before these settings existed
         data = handler(self)
-        if self.distributed == DistributedSpec() and isinstance(data, dict):
-            data.pop("distributed", None)
+        if isinstance(data, dict):
+            if self.distributed == DistributedSpec():
+                data.pop("distributed", None)
+            if self.teacher_views == 0:
+                data.pop("teacher_views", None)
         return data
 
     @field_validator("cache", mode="before")
