@@ -99,7 +99,16 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
     t_track = 0.0
 
     def on_epoch(report):
-        nonlocal t_track
+        nonlocal t_track, run_id, saved
+        if saved is not None and report.epoch <= saved["epoch"]:
+            # training dropped the state (saved beside other frozen weights): its epochs are trained again, in a
+            # new run, so that the old run's history is not logged a second time
+            progress.note(f"{gen.name}: the resume state after epoch {saved['epoch']} does not fit the model any "
+                          f"more; training {gen.name} from epoch 1 in a new MLflow run")
+            tracker.fail_run(run_id, "its resume state did not fit the model; trained again in a new run", "KILLED")
+            saved = None
+            (out / "run_id").unlink(missing_ok=True)  # a new run, though the state of this epoch is saved by now
+            run_id = _generation_run(tracker, spec, gen, teacher, cache_key, parent_run_id, out)
         if report.epoch == report.epochs:  # its resume state has just been saved; nothing of it is logged yet
             _test_kill_point(gen.name, "saved")
         t0 = time.perf_counter()
@@ -116,6 +125,8 @@ def distill_generation(spec: ChainSpec, gen_name: str, index: int, teacher: Gene
         progress.stop(gen.name)
         raise
     progress.stop(gen.name)
+    if outcome.teacher_outputs.startswith("stored views"):  # the FKD recipe: say where the outputs came from
+        progress.note(f"{gen.name}: {outcome.teacher_outputs}")
     _test_kill_point(gen.name, "trained")
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {gen.name}: test split")
     if outcome.skipped:  # the metric skipped_files counts them

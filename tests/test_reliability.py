@@ -138,6 +138,30 @@ def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_
     assert rows[1]["run_id"] != old_a
 
 
+def test_a_resume_state_that_no_longer_fits_trains_again_in_a_new_run(tmp_path, cli_env):
+    cfg = tiny_chain(tmp_path, name="refit", epochs=1)
+    cfg["generations"] = cfg["generations"][:1]
+    cfg["generations"][0]["train"]["epochs"] = 2
+    path = write_config(tmp_path, cfg)
+    code, out, err = finish(cli(["run", str(path)], dict(cli_env, KDCHAIN_TEST_KILL_AT="A:saved")))
+    assert code == -signal.SIGKILL, out + err
+    a_dir = next((tmp_path / "work" / "refit").glob("1-A-*"))
+    killed_run = (a_dir / "run_id").read_text().strip()
+    state = torch.load(a_dir / "train_state.pt", weights_only=True)
+    state["student"]["frozen_sums"] = torch.ones(1, dtype=torch.float64)  # as if saved beside other frozen weights
+    torch.save(state, a_dir / "train_state.pt")
+
+    code, out, err = finish(cli(["run", str(path)], cli_env))
+    assert code == 0, out + err
+    assert ("A: the resume state after epoch 2 does not fit the model any more; training A from epoch 1 in a new "
+            "MLflow run") in out, out
+    client = store(cfg)
+    assert client.get_run(killed_run).info.status == "KILLED"
+    a_run = next(r for r in gen_runs(runs_of(client, "refit"), "FINISHED") if r.data.tags[GENERATION] == "1")
+    assert a_run.info.run_id != killed_run
+    assert epoch_steps(client, a_run.info.run_id) == [1, 2]  # each epoch once, in the run that trained it
+
+
 # ---------------------------------------------------------------------------------------------- divergence
 
 

@@ -33,6 +33,8 @@ def load_train_state(path: Path | None, device: torch.device | str = "cpu") -> d
         state = torch.load(path, map_location=device, weights_only=True)
         if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
             raise ValueError("not a kdchain training state")
+        if not isinstance(state.get("student"), dict) or "frozen_sums" not in state["student"]:
+            raise ValueError("written by an older kdchain, which saved the whole model")
     except Exception as e:  # truncated file, foreign pickle
         raise StateUnreadable(f"resume state {path} is unreadable ({type(e).__name__}: "
                               f"{next((x.strip() for x in str(e).splitlines() if x.strip()), '')[:160]})") from None
