@@ -162,7 +162,7 @@ def main() -> None:
     import logging
 
     from flows import server
-    from flows.cli import _quiet_console
+    from flows.command_helpers import quiet_console
 
     server.prestart()  # a kept server, or a temporary one (given time to migrate a fresh PREFECT_HOME)
     from flows.sweep import run_sweep  # prefect imported here, after the environment is set
@@ -170,7 +170,7 @@ def main() -> None:
     from kdchain.tracking import prepare_store
 
     prepare_store(args.tracking_uri)
-    _quiet_console()
+    quiet_console()
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # the per-model pickle-format warning, 100 times
     cfg = base_config(args.data, args.overrides, args.epochs, workdir, args.tracking_uri)
     settings = SweepSpec(config=str(CONFIGS[args.data]), sets=args.overrides, seeds=args.seeds,

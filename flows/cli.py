@@ -31,13 +31,10 @@ from flows.housekeeping import add_workdir_args  # noqa: E402
 from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
 from kdchain.spec import SpecError, load_spec  # noqa: E402
 
-EXIT_USAGE = 2
-
-
-def _fail(lines: list[str] | str, code: int = EXIT_USAGE) -> int:
-    for line in [lines] if isinstance(lines, str) else lines:
-        print(line, file=sys.stderr)
-    return code
+from flows.command_helpers import EXIT_USAGE  # noqa: E402
+from flows.command_helpers import fail as _fail  # noqa: E402
+from flows.command_helpers import machine_problems as _machine_problems  # noqa: E402
+from flows.command_helpers import quiet_console as _quiet_console  # noqa: E402
 
 
 def generation_table(rows: list[dict], title: str) -> Table:
@@ -73,26 +70,6 @@ def _load(args):
 
     check_chain(spec, source=str(args.config))
     return spec
-
-
-def _machine_problems(spec, args) -> list[str]:
-    """What this machine must offer before training: files on disk (weights, data), CUDA for `device: cuda`, a
-    writable workdir and MLflow store, a tracking server that answers. Creates nothing."""
-    from kdchain.checks import missing_resources
-    from kdchain.tracking import resolve_uri, store_problem, tracking_problem
-    from kdchain.writable import unwritable_reason
-
-    problems = missing_resources(spec, str(args.config))
-    workdir = unwritable_reason(spec.workdir)
-    if workdir:
-        problems.append(f"{args.config}: workdir: cannot write {spec.workdir} ({workdir}); make it writable or "
-                        "set `workdir:` to a folder you can write")
-    uri = resolve_uri(getattr(args, "tracking_uri", None), spec.tracking.uri)
-    store = store_problem(uri) or tracking_problem(uri)
-    if store:
-        from_config = uri == spec.tracking.uri and not getattr(args, "tracking_uri", None)
-        problems.append(f"{args.config}: tracking.uri: {store}" if from_config else f"kdchain: {store}")
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -135,23 +112,6 @@ def cmd_inspect(args) -> int:
         for r in rows:
             progress.console.print(f"[bold]{r['name']}[/] nodes: " + " ".join(r["nodes"]))
     return 0
-
-
-def _not_a_run_failure(record) -> bool:
-    return not (record.levelno >= 40 and record.name.startswith(("prefect.task_runs", "prefect.flow_runs",
-                                                                  "prefect.task_engine", "prefect.flow_engine")))
-
-
-def _quiet_console() -> None:
-    """Prefect's console handler shows warnings only (our progress bars say what happens; the Prefect API still
-    receives every INFO record), and no traceback of a failed task or flow: the command reports it in one line."""
-    import logging
-
-    logging.getLogger("mlflow").setLevel(logging.ERROR)  # registration notices, the pickle-format caution
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.setLevel(max(handler.level, logging.WARNING))
-            handler.addFilter(_not_a_run_failure)
 
 
 def _flow_run_link(which_server: str, flow_run_id: str | None) -> str | None:

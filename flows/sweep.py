@@ -68,7 +68,7 @@ def sweep_chain(job: SweepJob, tracking_uri: str | None, sweep_run_id: str) -> C
 
 
 def _quiet_console() -> None:
-    from flows.cli import _quiet_console as quiet
+    from flows.command_helpers import quiet_console as quiet
 
     quiet()
 

@@ -81,14 +81,14 @@ def summary_table(result, seeds: list[int], title: str) -> Table:
 
 def cmd_sweep(args) -> int:
     from flows import server
-    from flows.cli import _fail, _machine_problems, _quiet_console
+    from flows.command_helpers import fail, machine_problems, quiet_console
     from kdchain.sweep import plan_sweep
 
     settings = sweep_settings(args)
     jobs = plan_sweep(settings)  # every chain's config checked: SpecError (exit 2) before anything runs
-    problems = _machine_problems(jobs[0].spec, args)
+    problems = machine_problems(jobs[0].spec, args)
     if problems:
-        return _fail(problems)
+        return fail(problems)
     signals.install()  # Ctrl-C and SIGTERM: one line, the sweep run ended KILLED
     # the Dask workers' Prefect console (they inherit this environment): warnings only, as the command's own
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -97,7 +97,7 @@ def cmd_sweep(args) -> int:
     from flows.sweep import run_sweep
     from kdchain.tracking import prepare_store, resolve_uri
 
-    _quiet_console()
+    quiet_console()
     prepare_store(resolve_uri(args.tracking_uri, jobs[0].spec.tracking.uri))
     points = len({j.point for j in jobs})
     where = (f"the Dask scheduler at {settings.runner.address}" if settings.runner.address else
@@ -113,13 +113,13 @@ def cmd_sweep(args) -> int:
     except BaseException as e:  # Ctrl-C, SIGTERM: one line
         ended = signals.line_and_code(e)
         if ended is not None:
-            return _fail(ended[0].replace("run the same command", "run the same sweep"), ended[1])
+            return fail(ended[0].replace("run the same command", "run the same sweep"), ended[1])
         raise
     progress.console.print(summary_table(result, settings.seeds, f"sweep {title}: test accuracy over seeds "
                                                                  f"({time.time() - t0:.0f} s)"))
     progress.console.print(f"MLflow store {result.tracking_uri}, experiment {result.experiment!r}, sweep run "
                            f"{result.sweep_run_id} (its chain runs are tagged kdchain.sweep_run_id)", soft_wrap=True)
     if result.failed:
-        return _fail([f"kdchain sweep: {len(result.failed)} of {len(jobs)} chains failed:"]
+        return fail([f"kdchain sweep: {len(result.failed)} of {len(jobs)} chains failed:"]
                      + [f"  {o.label} · seed {o.seed}: {o.error}" for o in result.failed], 1)
     return 0

@@ -61,6 +61,12 @@ BAD = {  # name: (the config file's bytes or text, what its one line must say)
     "all-zero loss": (lambda t: _set(t, ("generations", 0, "distill"), [{"kind": "kd", "weight": 0},
                                                                         {"kind": "ce", "weight": 0}]),
                       "generations.0.distill: every term has weight 0"),
+    "derive and prune": (lambda t: _set(t, ("generations", 0, "student"), {"derive": {"width": 0.5},
+                                                                           "prune": {"width": 0.5}}),
+                         "generations.0.student: give one of `derive`, `prune` or an architecture's `kind`, not "
+                         "`derive` and `prune`"),
+    "views on the teacher": (lambda t: _set(t, ("teacher", "train", "teacher_views"), 4),
+                             "teacher: train.teacher_views: the teacher is trained on labels and has no teacher"),
     "ancestors first": (lambda t: _set(t, ("generations", 0, "teachers"), "ancestors"),
                         "generations.0.teachers: the first generation has only the teacher before it"),
     "2% to train": (lambda t: _set(t, ("data", "split"), {"val": 0.49, "test": 0.49}),

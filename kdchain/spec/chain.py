@@ -40,6 +40,9 @@ class TeacherSpec(Strict):
             raise ValueError("give either `model` (a teacher to train) or `from` (a model to start from), not both")
         if self.from_ is not None and "train" in self.model_fields_set:
             raise ValueError("`train` does not apply to a teacher loaded with `from` (it is not trained); remove it")
+        if self.train.teacher_views:
+            raise ValueError("train.teacher_views: the teacher is trained on labels and has no teacher whose views "
+                             "could be stored; set teacher_views on the generations it teaches")
         return self
 
 
@@ -58,6 +61,15 @@ class GenerationSpec(Strict):
         None, description="with ancestors: one weight per teacher, oldest (the teacher) first; default equal")
     deploy: DeploySpec | None = Field(None, description="this generation's int8 export; default: the chain's `deploy`")
 
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _one_kind_of_student(cls, value):
+        if isinstance(value, dict):
+            given = [f"`{k}`" for k in ("derive", "prune", "kind") if k in value]
+            if len(given) > 1:
+                raise ValueError(f"give one of `derive`, `prune` or an architecture's `kind`, not {' and '.join(given)}")
+        return value
 
     @field_validator("distill")
     @classmethod
