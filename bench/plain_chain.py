@@ -7,7 +7,7 @@ them: uint8 HWC arrays, `Image.fromarray` per item, then `transforms` (RandomCro
 the data set augments, ToTensor, Normalize with the same mean and std). Digits, already float tensors, are
 served as they are. The model runs in float32 with the default memory format, as the example's does.
 
-    python bench/plain_chain.py [configs/digits-chain.yaml]   # prints one JSON line per generation
+    python bench/plain_chain.py [configs/digits-chain.yaml] [--set KEY=VALUE ...]   # one JSON line per generation
 """
 
 import json
@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from _common import DEFAULT_CONFIG
+from kdchain.chain import training_sample
 from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
 from kdchain.distill import free_cores
 from kdchain.models import build_model
-from kdchain.spec import load_spec
+from kdchain.models.prune import prune_model
+from kdchain.spec import PrunedArch, load_spec
 
 
 class DigitsDataset(Dataset):
@@ -87,17 +89,23 @@ def accuracy(model, loader):
     return correct / total
 
 
-def main(config):
-    spec = load_spec(config)
+def main(config, overrides=()):
+    spec = load_spec(config, overrides)
     torch.set_num_threads(spec.teacher.train.threads or free_cores())  # what kdchain picks, for a fair race
     data = load_data(spec.data, spec.seed)
     train_set, test_set = datasets(data, spec.data)
     test_loader = DataLoader(test_set, batch_size=256)
-    teacher = None
+    teacher = teacher_arch = None
     for gen in resolve_chain(spec):
         t0 = time.perf_counter()
         torch.manual_seed(spec.seed + gen.index)
-        model = build_model(gen.arch, data.num_classes, data.input_shape[0])
+        if isinstance(gen.arch, PrunedArch):  # the teacher pruned with torch-pruning, as kdchain does
+            sample = training_sample(data, spec.seed + gen.index)
+            model, arch = prune_model(teacher, teacher_arch, gen.arch.prune, sample, gen.arch.keep, data.num_classes,
+                                      data.input_shape[0])
+            model.train()
+        else:
+            model, arch = build_model(gen.arch, data.num_classes, data.input_shape[0]), gen.arch
         tr = gen.train
         loader = DataLoader(train_set, batch_size=tr.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(spec.seed + gen.index))
@@ -130,8 +138,10 @@ def main(config):
             print(f"{gen.name} epoch {epoch + 1}/{tr.epochs} loss {loss.item():.4f}", file=sys.stderr)
         acc = accuracy(model, test_loader)
         print(json.dumps({"name": gen.name, "seconds": time.perf_counter() - t0, "test_accuracy": acc}), flush=True)
-        teacher = model.eval()
+        teacher, teacher_arch = model.eval(), arch
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_CONFIG)
+    args = sys.argv[1:]
+    config = args.pop(0) if args and args[0] != "--set" else DEFAULT_CONFIG
+    main(config, [a for i, a in enumerate(args) if i % 2 == 1])  # --set K=V --set K=V ...
