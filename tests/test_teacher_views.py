@@ -131,3 +131,24 @@ def test_a_chain_stores_each_teachers_views_beside_it_and_ancestors_read_them(tm
     folders = {p.name.split("-")[1]: sorted(v.name for v in p.glob("views-*") if v.is_dir())
                for p in (tmp_path / "work" / "fkd").iterdir() if p.is_dir()}
     assert len(folders["teacher"]) == 1 and len(folders["A"]) == 1 and folders["B"] == []
+
+
+def test_a_searched_generation_trains_on_the_views_its_trials_stored(tmp_path, prefect_harness):
+    from mlflow import MlflowClient
+
+    from flows.chain import distill_chain
+
+    train = {"epochs": 1, "lr": 0.01, "batch_size": 64, "threads": 1}
+    cfg = {"name": "fkd-search", "seed": 0, "workdir": str(tmp_path / "work"),
+           "data": {"kind": "marks", "train_size": 300, "val_size": 50, "test_size": 50, "image_size": 16},
+           "teacher": {"model": {"kind": "cnn", "channels": [16, 32]}, "train": train},
+           "generations": [{"name": "A", "student": {"prune": {"width": 0.5}}, "train": train | {"teacher_views": 2},
+                            "search": {"space": {"width": [0.25, 0.5]}, "trials": 2, "proxy_epochs": 1,
+                                       "runner": {"kind": "threads", "workers": 2}}}],
+           "tracking": {"uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}}
+    result = distill_chain(spec_from_dict(cfg))
+    a = result.generations[1]
+    how = MlflowClient(cfg["tracking"]["uri"]).get_run(a.run_id).data.tags["kdchain.teacher_outputs"]
+    assert how.startswith("stored views: teacher outputs of 2 augmented views of 300 images") and ", read in" in how
+    teacher_dir = next((tmp_path / "work" / "fkd-search").glob("0-teacher-*"))
+    assert len([p for p in teacher_dir.glob("views-*") if p.is_dir()]) == 1  # two trials and A: one set of views
