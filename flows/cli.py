@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 # before prefect is imported: quiet its analytics and its server's logs. Flow and task runs log at INFO, so the
-# Prefect UI's Logs tab shows our per-generation records; the terminal is kept quiet by _quiet_console instead.
+# Prefect UI's Logs tab shows our per-generation records; the terminal is kept quiet by quiet_console instead.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 # MLflow retries a failed request 7 times with backoff (about 4 minutes) after 120 s timeouts; a tracking server
@@ -31,10 +31,7 @@ from flows.housekeeping import add_workdir_args  # noqa: E402
 from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
 from kdchain.spec import SpecError, load_spec  # noqa: E402
 
-from flows.command_helpers import EXIT_USAGE  # noqa: E402
-from flows.command_helpers import fail as _fail  # noqa: E402
-from flows.command_helpers import machine_problems as _machine_problems  # noqa: E402
-from flows.command_helpers import quiet_console as _quiet_console  # noqa: E402
+from flows.command_helpers import EXIT_USAGE, fail, machine_problems, quiet_console  # noqa: E402
 
 
 def generation_table(rows: list[dict], title: str) -> Table:
@@ -85,9 +82,9 @@ def cmd_validate(args) -> int:
     if args.schema_only:
         print("OK")
         return 0
-    problems = _machine_problems(spec, args)
+    problems = machine_problems(spec, args)
     if problems:
-        return _fail(problems)
+        return fail(problems)
     print("OK: the config, the models' sizes, data and weights on disk, CUDA where asked for, the workdir and "
           "MLflow store writable, the tracking server answering (everything short of training)")
     return 0
@@ -140,9 +137,9 @@ def _watched(call):
         ended = signals.line_and_code(e)
         if ended is not None:
             server.flush_logs()
-            return _fail(*ended), None
+            return fail(*ended), None
         if isinstance(e, StoreError):
-            return _fail(f"kdchain: {e}"), None
+            return fail(f"kdchain: {e}"), None
         raise
     finally:
         if watching is not None:
@@ -157,9 +154,9 @@ def cmd_run(args) -> int:
     spec = _load(args)
     from kdchain.checks import deploy_problems
 
-    problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
+    problems = machine_problems(spec, args) or deploy_problems(spec, str(args.config))
     if problems:  # before Prefect or MLflow start: nothing is trained or written
-        return _fail(problems)
+        return fail(problems)
     from kdchain.resolve import fresh_index
 
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
@@ -167,7 +164,7 @@ def cmd_run(args) -> int:
     which_server = server.prestart()  # a temporary Prefect server starts while Prefect and the store load
     from flows.chain import distill_chain
 
-    _quiet_console()
+    quiet_console()
     from kdchain.tracking import prepare_store, resolve_uri
 
     prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
@@ -202,13 +199,13 @@ def cmd_retrain(args) -> int:
     spec = _load(args)
     from kdchain.checks import deploy_problems
 
-    problems = _machine_problems(spec, args) or deploy_problems(spec, str(args.config))
+    problems = machine_problems(spec, args) or deploy_problems(spec, str(args.config))
     if problems:
-        return _fail(problems)
+        return fail(problems)
     server.prestart()  # the kept server, or a temporary one starting while Prefect loads
     from flows.retrain import retrain
 
-    _quiet_console()
+    quiet_console()
     from kdchain.tracking import prepare_store, resolve_uri
 
     prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))
@@ -237,11 +234,11 @@ def cmd_schedule(args) -> int:
     try:
         CronSchedule(cron=args.cron)
     except ValidationError:
-        return _fail(f"kdchain schedule: --cron {args.cron!r} is not a cron expression "
+        return fail(f"kdchain schedule: --cron {args.cron!r} is not a cron expression "
                      "(five fields: minute hour day month weekday, e.g. '0 3 * * 1' = Mondays 03:00)")
     api = get_current_settings().api.url
     if not api:
-        return _fail("kdchain schedule: schedules fire only with a Prefect server that outlives this command: run "
+        return fail("kdchain schedule: schedules fire only with a Prefect server that outlives this command: run "
                      "`kdchain server start` (or point PREFECT_API_URL at your server) and retry")
     from flows.retrain import retrain
 
@@ -262,7 +259,7 @@ def cmd_server(args) -> int:
         try:
             url = server.start_background(args.port)
         except RuntimeError as e:
-            return _fail(f"kdchain: {e}")
+            return fail(f"kdchain: {e}")
         print(f"Prefect server at {url.removesuffix('/api')} (UI and API); `kdchain run` uses it from now on "
               f"instead of starting a temporary one. Stop it with `kdchain server stop`.")
         return 0
@@ -393,12 +390,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except KeyboardInterrupt as e:  # before the chain started, or in a command without its own handling
         line, code = signals.line_and_code(e)
-        return _fail(line if args.command in ("run", "retrain", "sweep") else "kdchain: interrupted", code)
+        return fail(line if args.command in ("run", "retrain", "sweep") else "kdchain: interrupted", code)
     except BrokenPipeError:  # `kdchain compare --json | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except SpecError as e:
-        return _fail(e.lines)
+        return fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
         from kdchain.chain import ResourceError, resource_error
         from kdchain.checkpoints import CheckpointError
@@ -408,16 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         from kdchain.tracking import CheckpointSourceError
 
         if isinstance(e, (CheckpointError, StoreError, ResourceError, CheckpointSourceError, StateUnreadable)):
-            return _fail(f"kdchain: {e}")
+            return fail(f"kdchain: {e}")
         if isinstance(e, Diverged):
-            return _fail(f"kdchain: training diverged: {e}", 1)
+            return fail(f"kdchain: training diverged: {e}", 1)
         from kdchain.distill import RankFailed
 
         if isinstance(e, RankFailed):  # a rank died or the ranks never met: not the config's fault
-            return _fail(f"kdchain: {e}", 1)
+            return fail(f"kdchain: {e}", 1)
         known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
         if known is not None:
-            return _fail(f"kdchain: {known}")
+            return fail(f"kdchain: {known}")
         raise
 
 

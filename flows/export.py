@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-EXIT_USAGE = 2
+from flows.command_helpers import EXIT_USAGE
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.table import Table
 
 from flows import progress
+from flows.command_helpers import EXIT_USAGE
 from flows.views import _fmt_int
 
-EXIT_USAGE = 2
 
 
 def add_workdir_args(p: argparse.ArgumentParser) -> None:

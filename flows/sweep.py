@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from flows import progress
 from flows.chain import distill_chain, interrupted
+from flows.command_helpers import quiet_console
 from flows.search import task_runner
 from kdchain.resolve import chain_digest
 from kdchain.spec import SweepSpec, flatten
@@ -49,7 +50,7 @@ class SweepResult(BaseModel):
 def sweep_chain(job: SweepJob, tracking_uri: str | None, sweep_run_id: str) -> ChainOutcome:
     """One chain of the sweep, as a `distill-chain` subflow run wherever the task runner put this task."""
     t0 = time.time()
-    _quiet_console()  # in a Dask worker process too: Prefect's warnings only, no run tracebacks (one line instead)
+    quiet_console()  # in a Dask worker process too: Prefect's warnings only, no run tracebacks (one line instead)
     uri = resolve_uri(tracking_uri, job.spec.tracking.uri)
     try:
         # the grid point in the chain run's and the flow run's names: `digits-chain · seed 0 · <digest> · C.train...`
@@ -66,11 +67,6 @@ def sweep_chain(job: SweepJob, tracking_uri: str | None, sweep_run_id: str) -> C
     return ChainOutcome(point=job.point, label=job.label, seed=job.seed, status="FINISHED", generations=gens,
                         chain_run_id=result.chain_run_id, seconds=time.time() - t0)
 
-
-def _quiet_console() -> None:
-    from flows.command_helpers import quiet_console as quiet
-
-    quiet()
 
 
 def _failed(job: SweepJob, error: BaseException, uri: str) -> ChainOutcome:

@@ -13,9 +13,9 @@ from pathlib import Path
 from rich.table import Table
 
 from flows import progress, signals
+from flows.command_helpers import fail, machine_problems, quiet_console
 from flows.views import _fmt_int
 
-EXIT_USAGE = 2
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +81,6 @@ def summary_table(result, seeds: list[int], title: str) -> Table:
 
 def cmd_sweep(args) -> int:
     from flows import server
-    from flows.command_helpers import fail, machine_problems, quiet_console
     from kdchain.sweep import plan_sweep
 
     settings = sweep_settings(args)

@@ -17,13 +17,8 @@ import webbrowser
 from rich.table import Table
 
 from flows import progress
+from flows.command_helpers import fail
 
-EXIT_USAGE = 2
-
-
-def _fail(line: str) -> int:
-    print(line, file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _fmt_int(v) -> str:
@@ -81,18 +76,18 @@ def cmd_compare(args, generation_table) -> int:
     uri = resolve_uri(args.tracking_uri)
     unusable = tracking_problem(uri)  # an unknown scheme or a server that does not answer: one line, within 8 s
     if unusable:
-        return _fail(f"kdchain compare: {unusable}")
+        return fail(f"kdchain compare: {unusable}")
     experiment = args.experiment
     if experiment is None and args.run:
         experiment = experiment_of_run(uri, args.run)
         if experiment is None:
-            return _fail(f"kdchain compare: --run {args.run}: no such run in {uri}; `kdchain compare --all` lists them")
+            return fail(f"kdchain compare: --run {args.run}: no such run in {uri}; `kdchain compare --all` lists them")
     experiment = experiment or latest_chain_experiment(uri)
     if experiment is None:
-        return _fail(f"kdchain compare: no chain runs in {uri}; run `kdchain run CONFIG` first")
+        return fail(f"kdchain compare: no chain runs in {uri}; run `kdchain run CONFIG` first")
     tracker = open_tracker(uri, experiment)
     if tracker is None:
-        return _fail(f"kdchain compare: no experiment {experiment!r} in {uri}")
+        return fail(f"kdchain compare: no experiment {experiment!r} in {uri}")
 
     if args.all:
         chains = tracker.chain_summaries()
@@ -105,7 +100,7 @@ def cmd_compare(args, generation_table) -> int:
         return 0
 
     if args.run and not tracker.chain_run_exists(args.run):
-        return _fail(f"kdchain compare: --run {args.run} is not a chain run of experiment {experiment!r}; "
+        return fail(f"kdchain compare: --run {args.run} is not a chain run of experiment {experiment!r}; "
                      "`kdchain compare --all` lists them")
     chain_run_id, rows = tracker.generation_table(args.run)
     if args.json:
@@ -237,15 +232,15 @@ def cmd_ui(args) -> int:
 
     busy = port_in_use(args.port)
     if busy:  # else MLflow's server would log "address already in use" after our links to someone else's server
-        return _fail(f"kdchain ui: port {args.port} on 127.0.0.1 is already in use ({busy}); stop what listens "
+        return fail(f"kdchain ui: port {args.port} on 127.0.0.1 is already in use ({busy}); stop what listens "
                      f"there (another `kdchain ui`?) or pass --port")
     uri = resolve_uri(args.tracking_uri)
     unusable = tracking_problem(uri)
     if unusable:
-        return _fail(f"kdchain ui: {unusable}")
+        return fail(f"kdchain ui: {unusable}")
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        return _fail(f"kdchain ui: no MLflow store at {db}; run `kdchain run CONFIG` first or pass --tracking-uri")
+        return fail(f"kdchain ui: no MLflow store at {db}; run `kdchain run CONFIG` first or pass --tracking-uri")
     base = f"http://127.0.0.1:{args.port}"
     links = deep_links(uri, base, args.experiment)
     print(f"kdchain ui: starting the MLflow UI on {base} (store {uri}) ...", flush=True)
@@ -259,7 +254,7 @@ def cmd_ui(args) -> int:
         if not _wait_healthy(base, proc, timeout=180.0):
             if proc.poll() is None:
                 proc.terminate()
-            return _fail(f"kdchain ui: the MLflow server on {base} did not start (port in use? see its log above)")
+            return fail(f"kdchain ui: the MLflow server on {base} did not start (port in use? see its log above)")
     except KeyboardInterrupt:
         proc.terminate()
         return 0

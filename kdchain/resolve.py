@@ -1,6 +1,7 @@
 """A chain's generations made explicit: each architecture resolved (derived from its teacher or written out), its
 loss nodes filled in, its teachers weighted; and the keys a generation's result is cached under."""
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -90,6 +91,14 @@ def arch_field(gen: ResolvedGeneration, line: str) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, memoised per process while its size and mtime stay the same: the trials of a
+    search and the students of a teacher (their stored views' keys) hash its checkpoint once, not each."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

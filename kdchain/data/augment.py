@@ -11,6 +11,18 @@ import torch.nn.functional as F
 from kdchain.spec import Augment
 
 
+def draw_crop(n: int, padding: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets (oy, ox), each (N, 1) in [0, 2 * padding]."""
+    oy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    ox = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    return oy, ox
+
+
+def draw_flip(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """(N,) bool: which images are mirrored, one in two."""
+    return torch.rand(n, generator=generator, device=device) < 0.5
+
+
 def random_crop(x: torch.Tensor, padding: int, oy: torch.Tensor | None = None,
                 ox: torch.Tensor | None = None) -> torch.Tensor:
     """x (N, C, H, W) -> same shape: each image zero-padded by `padding` and cropped at its own offset (oy, ox:
@@ -18,8 +30,7 @@ def random_crop(x: torch.Tensor, padding: int, oy: torch.Tensor | None = None,
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
     if oy is None:
-        oy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
-        ox = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+        oy, ox = draw_crop(n, padding, None, x.device)
     rows = (oy + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
     cols = (ox + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -29,7 +40,7 @@ def random_crop(x: torch.Tensor, padding: int, oy: torch.Tensor | None = None,
 def random_flip(x: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
     """x (N, C, H, W) mirrored left-right where `flip` (N,) is true (random, one in two, when not given)."""
     if flip is None:
-        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        flip = draw_flip(x.shape[0], None, x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -45,11 +56,9 @@ class Augmentation:
         on = "cpu" if generator is not None else device
         out = {}
         if self.spec.crop_padding:
-            high = 2 * self.spec.crop_padding + 1
-            out["oy"] = torch.randint(0, high, (n, 1), generator=generator, device=on)
-            out["ox"] = torch.randint(0, high, (n, 1), generator=generator, device=on)
+            out["oy"], out["ox"] = draw_crop(n, self.spec.crop_padding, generator, on)
         if self.spec.flip:
-            out["flip"] = torch.rand(n, generator=generator, device=on) < 0.5
+            out["flip"] = draw_flip(n, generator, on)
         return {k: v.to(device) for k, v in out.items()}
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -63,16 +63,17 @@ def teacher_cache_plan(mode: str, augment: Augment | None, n: int, shapes: dict[
     over = f"outputs need {mb:.0f} MB, over cache_memory_mb {budget_mb:g}" if mode == "auto" else "cache: disk"
     if spill_dir is None:
         return None, f"live: {over}, and no workdir to spill them to"
-    free_mb = shutil.disk_usage(_existing(spill_dir)).free / 2**20
+    free_mb = free_disk_mb(spill_dir)
     if disk_mb > 0.9 * free_mb:
         return None, f"live: {over}, and their {disk_mb:.0f} MB in float16 do not fit the {free_mb:.0f} MB free disk"
     return "disk", f"cached on disk: {', '.join(shapes)} of {n} images, {disk_mb:.0f} MB float16 in {spill_dir}"
 
 
-def _existing(path: Path) -> Path:
+def free_disk_mb(path: Path) -> float:
+    """Free MB on the disk that `path` is on, or will be on once created (its nearest existing parent's)."""
     while not path.exists():
         path = path.parent
-    return path
+    return shutil.disk_usage(path).free / 2**20
 
 
 @torch.inference_mode()

@@ -29,6 +29,7 @@ import torch
 
 from kdchain.data import Split
 from kdchain.distill.device import autocast
+from kdchain.distill.teacher import free_disk_mb
 from kdchain.locks import held
 
 VIEWS_VERSION = 1  # how views are drawn; a change must not read outputs stored for other views
@@ -65,7 +66,7 @@ def views_plan(mode: str, k: int, n: int, shapes: dict[str, tuple], budget_mb: f
     if mode == "off":
         return None, "live: cache off (teacher_views needs it)"
     if folder is not None:
-        free_mb = shutil.disk_usage(_existing(folder)).free / 2**20
+        free_mb = free_disk_mb(folder)
         if not (folder / DONE).is_file() and disk_mb > 0.9 * free_mb:
             return None, f"live: the {what} need {disk_mb:.0f} MB in float16, over the {free_mb:.0f} MB free disk"
         where = "memory" if mode == "on" or (mode == "auto" and mb <= budget_mb) else "disk"
@@ -73,12 +74,6 @@ def views_plan(mode: str, k: int, n: int, shapes: dict[str, tuple], budget_mb: f
     if mode == "on" or (mode == "auto" and mb <= budget_mb):
         return "memory", f"stored views: {what} ({mb:.1f} MB in memory)"
     return None, f"live: the {what} need {mb:.0f} MB, over cache_memory_mb {budget_mb:g}, and there is no folder"
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 @torch.inference_mode()
