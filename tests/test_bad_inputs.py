@@ -40,6 +40,13 @@ def _set(tmp_path: Path, path: tuple, value) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+def _pruned_from_a_huge_teacher(tmp_path: Path) -> str:
+    cfg = tiny_chain(tmp_path)
+    cfg["teacher"]["model"]["channels"] = [1_000_000, 32]  # a typo: 3.3e8 parameters fit, the activations do not
+    cfg["generations"][0]["student"] = {"prune": {"width": 0.5}}
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
 def _tv_teacher(tmp_path: Path) -> str:
     cfg = tiny_chain(tmp_path)
     cfg["teacher"]["model"] = {"kind": "torchvision", "name": "resnet18"}
@@ -75,6 +82,9 @@ BAD = {  # name: (the config file's bytes or text, what its one line must say)
                    "teacher.train.epochs: 1,000,000,000 epochs of 1,257 images would take at least"),
     "huge channels": (lambda t: _set(t, ("teacher", "model", "channels"), [100_000, 100_000]),
                       "teacher.model: 90.0 G parameters need 1.4 TB of memory to train"),
+    "pruned from a huge teacher": (_pruned_from_a_huge_teacher,
+                                   "generations.0.student: pruning is planned on 8 noise images of its teacher's "
+                                   "model, whose outputs need about"),
     "unknown scheme": (lambda t: _set(t, ("tracking", "uri"), "foo://bar"),
                        "tracking.uri: tracking URI foo://bar: MLflow knows no scheme 'foo'"),
     "dead server": (lambda t: _set(t, ("tracking", "uri"), f"http://127.0.0.1:{free_port()}"),

@@ -20,6 +20,7 @@ A plan (no record yet, e.g. in `kdchain inspect`) is made concrete by pruning th
 
 import copy
 import math
+import os
 from functools import lru_cache
 from typing import Callable
 
@@ -304,11 +305,44 @@ def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) 
     # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
     quick = arch.prune.model_copy(update={"recovery_batches": 0,
                                           "importance": "bn_scale" if arch.prune.importance == "bn_scale" else "l2"})
+    _noise_fits(arch.base, num_classes, in_channels, size)
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         base = build_model(arch.base, num_classes, in_channels)
         concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
     return concrete.model_copy(update={"prune": arch.prune})
+
+
+def _noise_fits(base_arch, num_classes: int, in_channels: int, size: int, images: int = 8) -> None:
+    """Raise SpecError when pruning `base_arch` on `images` noise images would not fit this machine's memory (a
+    typo of 10**6 channels in `kdchain validate` must be one line, not a machine swapping to death): every
+    module's output, summed, counted on the meta device."""
+    with torch.device("meta"):
+        base = build_model(base_arch, num_classes, in_channels).eval()
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in (output if isinstance(output, tuple) else (output,))
+                     if isinstance(t, torch.Tensor))
+
+    hooks = [m.register_forward_hook(count) for m in base.modules()]
+    try:
+        with torch.inference_mode():
+            base(torch.zeros(images, in_channels, size, size, device="meta"))
+    except (RuntimeError, NotImplementedError, ValueError):  # no meta kernel: nothing to say in advance
+        return
+    finally:
+        for h in hooks:
+            h.remove()
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if 2 * total > memory:  # the activations and a pruned copy's
+        raise SpecError([f"model: pruning is planned on {images} noise images of its teacher's model, whose outputs "
+                         f"need about {2 * total / 2**30:.0f} GB but this machine has {memory / 2**30:.0f} GB; "
+                         "lower the teacher's channels"])
 
 
 def _levels(arch) -> tuple[object, list[Prune]]:
