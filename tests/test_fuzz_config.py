@@ -244,7 +244,10 @@ def check_one(data) -> str:
         return outcome
 
 
-@settings(max_examples=100, deadline=None,
+# derandomized: the same 100 examples on every run and machine. Only about 1.5% of mutated configs validate, so
+# random draws left the check below without a validated example in about 1 run in 5 (a fresh clone has no
+# hypothesis database); bench/fuzz_configs.py explores new examples
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_mutated_configs_validate_or_exit_2_with_one_line_per_problem(data):
