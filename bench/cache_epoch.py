@@ -11,7 +11,7 @@ import statistics
 import torch
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
 from kdchain.distill import fit

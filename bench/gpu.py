@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.resolve import resolve_chain
 from kdchain.data import LOADERS, load_data
 from kdchain.distill import fit, use_bf16

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from _common import DEFAULT_CONFIG
-from kdchain.chain import training_sample
+from kdchain.students import training_sample
 from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
 from kdchain.distill import free_cores

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--max-params", type=int, default=60000)
     args = ap.parse_args()
 
-    from flows.chain import GenerationResult
+    from flows.generation import GenerationResult
     from flows.search import searched_spec
     from kdchain.chain import train_generation
     from kdchain.checkpoints import ARCH

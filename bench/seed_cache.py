@@ -17,7 +17,7 @@ import torch
 from _common import ROOT
 from torchvision.models import vgg19
 
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.data.images import make_normalise
 from kdchain.data.registry import DataBundle, Split
 from kdchain.distill import fit

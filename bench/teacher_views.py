@@ -14,7 +14,7 @@ import time
 import torch
 from _common import ROOT
 
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.data import load_data
 from kdchain.distill import fit
 from kdchain.models import build_model

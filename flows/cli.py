@@ -5,6 +5,7 @@ shows a traceback and never writes to the store.
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -28,37 +29,11 @@ from rich.table import Table  # noqa: E402
 
 from flows import progress, signals  # noqa: E402
 from flows.housekeeping import add_workdir_args  # noqa: E402
-from flows.views import _fmt_int, add_compare_args, add_ui_args  # noqa: E402
+from flows.tables import fmt_int, generation_table  # noqa: E402
+from flows.views import add_compare_args, add_ui_args  # noqa: E402
 from kdchain.spec import SpecError, load_spec  # noqa: E402
 
-from flows.command_helpers import EXIT_USAGE, fail, machine_problems, quiet_console  # noqa: E402
-
-
-def generation_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    notes = any(r.get("note") for r in rows)
-    int8 = any(r.get("test_accuracy_int8") is not None for r in rows)
-    for col in ("gen", "architecture", "params", "FLOPs", "latency ms", "size", "test acc", "retention",
-                "agreement") + (INT8_HEADERS if int8 else ()) + (("",) if notes else ()):
-        table.add_column(col, justify="left" if col in ("gen", "architecture", "") else "right")
-    for r in rows:
-        cells = [r["name"], r.get("summary", ""), _fmt_int(r["params"]), _fmt_int(r["flops"]),
-                 f"{r['latency_ms']:.3f}", _fmt_int(r["size_bytes"]) + "B", f"{r['test_accuracy']:.2%}",
-                 f"{r['retention']:.3f}", f"{r['teacher_agreement']:.2%}"]
-        table.add_row(*cells, *(_int8_cells(r) if int8 else ()), *([r.get("note", "")] if notes else []))
-    return table
-
-
-INT8_HEADERS = ("onnx size", "int8 size", "int8 acc", "int8 ms", "int8 b64 ips")
-
-
-def _int8_cells(r: dict) -> list[str]:
-    """fp32 ONNX size and the int8 model's figures; its accuracy marked `!` past deploy.max_drop."""
-    if r.get("test_accuracy_int8") is None:
-        return ["-"] * len(INT8_HEADERS)
-    flag = " !" if r.get("int8_over_max_drop") else ""
-    return [_fmt_int(r["size_bytes_onnx"]) + "B", _fmt_int(r["size_bytes_int8"]) + "B",
-            f"{r['test_accuracy_int8']:.2%}{flag}", f"{r['latency_ms_int8']:.3f}", f"{r['throughput_ips_int8']:.0f}"]
+from flows.command_helpers import fail, machine_problems, quiet_console  # noqa: E402
 
 
 def _load(args):
@@ -87,6 +62,10 @@ def cmd_validate(args) -> int:
         return fail(problems)
     print("OK: the config, the models' sizes, data and weights on disk, CUDA where asked for, the workdir and "
           "MLflow store writable, the tracking server answering (everything short of training)")
+    from kdchain.data import data_notes
+
+    for note in data_notes(spec.data):
+        print(f"note: {args.config}: {note}")
     return 0
 
 
@@ -103,7 +82,7 @@ def cmd_inspect(args) -> int:
         table.add_column(col, justify="right" if col in ("params", "FLOPs") else "left")
     for r in rows:
         maps = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in r["feature_maps"].items())
-        table.add_row(r["name"], r["summary"], f"{r['params']:,}", _fmt_int(r["flops"]), maps)
+        table.add_row(r["name"], r["summary"], f"{r['params']:,}", fmt_int(r["flops"]), maps)
     progress.console.print(table)
     if args.nodes:
         for r in rows:
@@ -272,28 +251,11 @@ def cmd_server(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from flows.views import cmd_compare as compare
-
-    return compare(args, generation_table)
-
-
-def cmd_runs(args) -> int:
-    from flows.housekeeping import cmd_runs as runs
-
-    return runs(args)
-
-
-def cmd_clean(args) -> int:
-    from flows.housekeeping import cmd_clean as clean
-
-    return clean(args)
-
-
-def cmd_ui(args) -> int:
-    from flows.views import cmd_ui as ui
-
-    return ui(args)
+def lazy(module: str, name: str):
+    """The command `name` of `module`, imported only when it runs (prefect and mlflow take seconds to import)."""
+    def run(args) -> int:
+        return getattr(importlib.import_module(module), name)(args)
+    return run
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -347,18 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the generation table of the latest (or one, or every) chain run, from MLflow")
     add_compare_args(p)
-    p.set_defaults(fn=cmd_compare)
+    p.set_defaults(fn=lazy("flows.views", "cmd_compare"))
 
     p = sub.add_parser("runs", help="the generation folders of a workdir: size, age, the chain runs using each")
     add_workdir_args(p)
-    p.set_defaults(fn=cmd_runs)
+    p.set_defaults(fn=lazy("flows.housekeeping", "cmd_runs"))
 
     p = sub.add_parser("clean", help="delete the generation folders no finished chain run or registered model uses")
     add_workdir_args(p)
     p.add_argument("--keep-last", type=int, metavar="N",
                    help="keep only what the N newest finished chain runs (per experiment) use")
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
-    p.set_defaults(fn=cmd_clean)
+    p.set_defaults(fn=lazy("flows.housekeeping", "cmd_clean"))
 
     from flows.sweep_command import add_sweep_args, cmd_sweep
 
@@ -375,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)
-    p.set_defaults(fn=cmd_ui)
+    p.set_defaults(fn=lazy("flows.views", "cmd_ui"))
     return parser
 
 
@@ -397,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
-        from kdchain.chain import ResourceError, resource_error
+        from kdchain.resources import ResourceError, resource_error
         from kdchain.checkpoints import CheckpointError
         from kdchain.distill import Diverged, StateUnreadable
         from kdchain.tracking import StoreError, as_store_error, resolve_uri
@@ -409,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Diverged):
             return fail(f"kdchain: training diverged: {e}", 1)
         from kdchain.distill import RankFailed
+        from kdchain.models.prune import PlanMismatch
+        from kdchain.search import BudgetBroken
 
-        if isinstance(e, RankFailed):  # a rank died or the ranks never met: not the config's fault
+        if isinstance(e, (RankFailed, BudgetBroken, PlanMismatch)):  # not the config's fault
             return fail(f"kdchain: {e}", 1)
         known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
         if known is not None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from flows import progress
 from flows.command_helpers import EXIT_USAGE
-from flows.views import _fmt_int
+from flows.tables import fmt_int
 
 
 
@@ -47,12 +47,12 @@ def cmd_runs(args) -> int:
     if not held:
         print(f"no generation folders in {workdir}")
         return 0
-    table = Table(title=f"{workdir}: {len(held)} generation folders, {_fmt_int(sum(h.size for h in held))}B "
+    table = Table(title=f"{workdir}: {len(held)} generation folders, {fmt_int(sum(h.size for h in held))}B "
                         f"(store {uri})", title_justify="left")
     for col in ("folder", "size", "age", "chain runs using it", "kept because"):
         table.add_column(col, justify="right" if col in ("size", "age") else "left")
     for h in held:
-        table.add_row(str(h.folder.relative_to(Path(workdir).resolve())), _fmt_int(h.size) + "B", _age(h.age_s),
+        table.add_row(str(h.folder.relative_to(Path(workdir).resolve())), fmt_int(h.size) + "B", _age(h.age_s),
                       "\n".join(h.chain_runs) or "-", h.reason or "[bold]unreferenced[/] (kdchain clean deletes it)")
     progress.console.print(table)
     return 0
@@ -69,12 +69,12 @@ def cmd_clean(args) -> int:
     records = unreferenced_records(workdir, held)
     verb = "would delete" if args.dry_run else "deleted"
     for h in doomed:
-        print(f"{verb} {h.folder} ({_fmt_int(h.size)}B, {_age(h.age_s)} old, "
+        print(f"{verb} {h.folder} ({fmt_int(h.size)}B, {_age(h.age_s)} old, "
               f"{'used by ' + ', '.join(h.chain_runs) if h.chain_runs else 'no chain run uses it'})")
     for r in records:
         print(f"{verb} {r} (Prefect result record)")
     if not args.dry_run:
         delete([h.folder for h in doomed] + records)
     kept = len(held) - len(doomed)
-    print(f"{verb} {len(doomed)} generation folder(s), {_fmt_int(sum(h.size for h in doomed))}B; kept {kept}")
+    print(f"{verb} {len(doomed)} generation folder(s), {fmt_int(sum(h.size for h in doomed))}B; kept {kept}")
     return 0

@@ -96,7 +96,9 @@ def search_generation(spec: ChainSpec, index: int, teacher_checkpoint: str, teac
         progress.note(f"{gen_spec.name}: search reused ({done_file})")
         return SearchResult.model_validate_json(done_file.read_text())
     teacher_arch = resolve_chain(spec)[index - 1].arch  # checked by the flow already
-    feasible = within_budget(spec, index, teacher_arch)  # SpecError before any trial when none fits
+    # planned from the trained teacher: what a trial measures is what it and the winner train; SpecError before any
+    # trial when none fits
+    feasible = within_budget(spec, index, teacher_arch, Path(teacher_checkpoint))
     tracker = Tracker(tracking_uri, spec.experiment_name())
     search_run_id = tracker.search_run(spec.name, chain_run_id, index, gen_spec.name, search.model_dump_json(indent=2))
     study_name = f"{spec.name}-{gen_spec.name}-{key[:12]}"

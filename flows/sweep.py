@@ -20,7 +20,8 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel
 
 from flows import progress
-from flows.chain import distill_chain, interrupted
+from flows.chain import distill_chain
+from flows.generation import interrupted
 from flows.command_helpers import quiet_console
 from flows.search import task_runner
 from kdchain.resolve import chain_digest

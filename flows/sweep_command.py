@@ -14,7 +14,7 @@ from rich.table import Table
 
 from flows import progress, signals
 from flows.command_helpers import fail, machine_problems, quiet_console
-from flows.views import _fmt_int
+from flows.tables import fmt_int
 
 
 
@@ -73,7 +73,7 @@ def summary_table(result, seeds: list[int], title: str) -> Table:
         accs = list(r.accuracy.values())
         per_seed = ["failed" if s in r.failed else ("-" if s not in r.accuracy else f"{r.accuracy[s]:.2%}")
                     for s in seeds]
-        table.add_row(r.label if r.label != last else "", r.generation, r.architecture or "-", _fmt_int(r.params),
+        table.add_row(r.label if r.label != last else "", r.generation, r.architecture or "-", fmt_int(r.params),
                       mean_std(accs) if accs else "-", *per_seed, r.status, end_section=False)
         last = r.label
     return table

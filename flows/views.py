@@ -17,18 +17,9 @@ import webbrowser
 from rich.table import Table
 
 from flows import progress
+from flows.tables import fmt_int, generation_table
 from flows.command_helpers import fail
 
-
-
-def _fmt_int(v) -> str:
-    if v is None:
-        return "-"
-    v = float(v)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= div:
-            return f"{v / div:.2f}{unit}"
-    return f"{v:.0f}"
 
 
 def _pct(v) -> str:
@@ -69,8 +60,8 @@ def _write_csv(rows: list[dict], columns: list[str]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def cmd_compare(args, generation_table) -> int:
-    """`generation_table(rows, title)` is the CLI's rich table of generations (shared with `kdchain run`)."""
+def cmd_compare(args) -> int:
+    """`kdchain compare`: the generation table of the latest (or one, or every) chain run, from MLflow."""
     from kdchain.tracking import experiment_of_run, latest_chain_experiment, open_tracker, resolve_uri, tracking_problem
 
     uri = resolve_uri(args.tracking_uri)
@@ -120,7 +111,7 @@ def _chains_table(chains: list[dict], title: str) -> Table:
                          else "right")
     for c in chains:
         table.add_row(c["chain_run_id"], c["started"], c["status"], str(c["generations"]), c["final"] or "-",
-                      c["final_summary"] or "-", _fmt_int(c["params"]),
+                      c["final_summary"] or "-", fmt_int(c["params"]),
                       "-" if c["latency_ms"] is None else f"{c['latency_ms']:.3f}", _pct(c["teacher_test_accuracy"]),
                       _pct(c["test_accuracy"]), "-" if c["retention"] is None else f"{c['retention']:.3f}")
     return table

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kdchain.chain import quantize_generation
+from kdchain.shipping import quantize_generation
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import Normalise

@@ -1,15 +1,14 @@
-"""One generation of a chain, as a library call: train it, measure it, checkpoint it.
+"""One generation of a chain, as a library call: train it, then measure it (kdchain.scoring) and ship it
+(kdchain.shipping: ONNX, int8), and checkpoint it.
 
 Orchestration (flows/) calls `train_generation` once per generation and passes checkpoint paths between them;
-kdchain.tracking records what it returns. Nothing here imports prefect or mlflow.
+kdchain.tracking records what it returns. What trains (the student, its loss, its teacher's stored views) is
+kdchain.students. Nothing here imports prefect or mlflow.
 """
 
-import errno
-import itertools
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,57 +16,18 @@ import torch
 from torch import nn
 
 from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoint, teacher_source
-from kdchain.data import batches, data_fingerprint, load_data
-from kdchain.distill import (Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device,
-                             predict_split)
+from kdchain.data import batches, load_data
+from kdchain.distill import Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device
 from kdchain.distill.distributed import (EpochWriter, backend_for, launch, leave_group, rank_and_world, rank_process,
                                          record)
-from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
-from kdchain.measure.quantize import Int8Result, int8_generation
 from kdchain.measure.profile import profile
 from kdchain.models import build_model, describe, prepare_for_training
-from kdchain.models.prune import prune_model
-from kdchain.models.taps import feature_shapes
-from kdchain.distill.views import VIEWS_VERSION, ViewStore
-from kdchain.resolve import ResolvedGeneration, file_digest, resolve_chain, teacher_indices
-from kdchain.workdir import FOLDER
-from kdchain.spec import ChainSpec, DeploySpec, FeatureLoss, FitnetLoss, PrunedArch, spec_hash
-
-
-class ResourceError(Exception):
-    """Out of memory or out of disk: the message says what to change."""
-
-
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """torch's OOM on any device: torch.OutOfMemoryError, or a RuntimeError from the CPU allocator."""
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("not enough memory" in text or "DefaultCPUAllocator" in text
-                                            or "out of memory" in text)
-
-
-def resource_error(e: BaseException, gen_field: str, train_bytes: int | None = None,
-                   memory: int | None = None) -> ResourceError | None:
-    """A ResourceError that says what to change for an OOM or a failed write; None for anything else.
-    `train_bytes`: what the model's weights, gradients and optimizer state take; `memory`: what the device has."""
-    if is_out_of_memory(e):
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
-        if train_bytes and memory and train_bytes > memory:  # no batch size helps
-            return ResourceError(f"{gen_field} ran out of memory ({first}): its weights, gradients and optimizer "
-                                 f"state alone take {train_bytes / 1e9:.1f} GB of {memory / 1e9:.1f} GB; lower the "
-                                 "model's channels (or width), or train on a device with more memory")
-        return ResourceError(f"{gen_field} ran out of memory ({first}); lower {gen_field}.train.batch_size "
-                             "or the model's channels, or train on a device with more memory")
-    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-        where = e.filename or "the workdir"
-        return ResourceError(f"cannot write {where} ({e.strerror}); free space there or set `workdir:` "
-                             "to a writable disk with room")
-    return None
+from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
+from kdchain.resources import ResourceError, resource_error
+from kdchain.scoring import test_metrics
+from kdchain.shipping import export_checked, int8_tags, quantize_generation
+from kdchain.spec import ChainSpec, PrunedArch
+from kdchain.students import build_loss, pruned_student, view_store
 
 
 @dataclass
@@ -86,44 +46,6 @@ class GenerationOutcome:
     export_warning: str = ""  # the ONNX export did not match torch (kdchain.measure.export): left out, said why
     skipped: list[str] = field(default_factory=list)  # files the data source could not read, "path (reason)"
     tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags: int8 operators left in float, a drop flag
-
-
-def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, input_shape) -> DistillLoss:
-    shapes = {}
-    direct = teacher.direct if isinstance(teacher, Teachers) else teacher
-    for i, term in enumerate(gen.distill):
-        if isinstance(term, (FeatureLoss, FitnetLoss)):  # trained adapters: 1x1 conv / FitNets regressor
-            s = feature_shapes(student, [term.student_node], input_shape)[term.student_node]
-            t = feature_shapes(direct, [term.teacher_node], input_shape)[term.teacher_node]
-            shapes[i] = (s, t)
-    # several teachers: the direct one's logits are "logits", the others' teacher_key(k), oldest first
-    weights = None  # a single teacher (e.g. a search trial's proxy training) teaches alone
-    if gen.index > 0 and gen.teachers == "ancestors" and isinstance(teacher, Teachers):
-        extra = [i for i in teacher_indices(gen) if i != gen.index - 1]
-        weights = {LOGITS: gen.teacher_weights[gen.index - 1]} | {
-            teacher_key(k): gen.teacher_weights[i] for k, i in enumerate(extra)}
-    return DistillLoss(gen.distill, shapes, weights)
-
-
-def view_store(spec: ChainSpec, gen: ResolvedGeneration, teacher_checkpoints: list[Path],
-               loss: DistillLoss) -> ViewStore | None:
-    """Where each teacher's stored views for `gen` live (`train.teacher_views`; None when off): beside that
-    teacher's checkpoint in its generation folder, so that every student it teaches finds them and `kdchain clean`
-    removes them with it (a teacher loaded from elsewhere: the chain's workdir folder). Direct teacher first.
-    Each key is what that teacher's outputs depend on: its weights, the data, the views' seed (the chain's, so
-    that students at different links share them), K, the nodes read from it, the precision."""
-    if not gen.train.teacher_views or not loss.needs_teacher:
-        return None
-    folders = []
-    for i, checkpoint in enumerate(teacher_checkpoints):
-        key = spec_hash({"teacher": file_digest(Path(checkpoint)), "data": data_fingerprint(spec.data),
-                         "seed": spec.seed, "views": gen.train.teacher_views,
-                         "nodes": loss.nodes("teacher") if i == 0 else [],  # the others teach logits only
-                         "precision": gen.train.precision, "version": VIEWS_VERSION})
-        home = Path(checkpoint).resolve().parent
-        home = home if FOLDER.match(home.name) else Path(spec.workdir).resolve() / spec.name
-        folders.append(home / f"views-{key[:12]}")
-    return ViewStore(folders, spec.seed)
 
 
 def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
@@ -203,24 +125,6 @@ def _training_bytes(spec: ChainSpec, index: int) -> tuple[int | None, int | None
         return None, None
 
 
-def _test_metrics(student: nn.Module, teacher, data, device) -> tuple[dict, list[list[int]]]:
-    """Test and validation accuracy, agreement with the (direct) teacher on the test split, and the confusion."""
-    student.eval()
-    test = data.test.to(device)
-    test_logits, test_y = predict_split(student, test)
-    test_pred = test_logits.argmax(1)
-    k = data.num_classes
-    confusion = torch.bincount(test_y * k + test_pred, minlength=k * k).view(k, k).tolist()
-    metrics = {"test_accuracy": (test_pred == test_y).float().mean().item(),
-               "val_accuracy": evaluate(student, data.val.to(device))}
-    if teacher is not None:
-        teacher_pred = predict_split(getattr(teacher, "direct", teacher).to(device), test)[0].argmax(1)
-        metrics["teacher_agreement"] = (test_pred == teacher_pred).float().mean().item()
-    else:
-        metrics["teacher_agreement"] = 1.0  # the teacher agrees with itself
-    return metrics, confusion
-
-
 def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
                       on_epoch: Callable[[EpochReport], None] | None,
                       extra_teachers: list[Path] = (), device: torch.device | None = None,
@@ -228,153 +132,82 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     gen = resolve_chain(spec)[index]
     device = device or pick_device(spec.device)
     data = load_data(spec.data, spec.seed)
-    input_shape = data.input_shape
     if index == 0 and spec.teacher.from_ is not None:
         return load_teacher_generation(spec, gen)
     torch.manual_seed(spec.seed + index)
-    pruned = isinstance(gen.arch, PrunedArch)  # then the student is its teacher, pruned, not a fresh model
-    student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, input_shape[0]),
-                                                       gen.arch)
-    arch = gen.arch
-
-    teacher = None
-    if index > 0:
-        if teacher_checkpoint is None:
-            raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
-        teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
-        if pruned:
-            student, arch = prune_model(teacher, teacher_arch, gen.arch.prune, training_sample(data, spec.seed + index),
-                                        gen.arch.keep, data.num_classes, input_shape[0])
-        if len(extra_teachers) != len(teacher_indices(gen)) - 1:
-            raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
-                             f"got {1 + len(extra_teachers)} checkpoints")
-        if extra_teachers:
-            teacher = Teachers(teacher, [load_checkpoint(p)[0] for p in extra_teachers])
-    loss = build_loss(gen, student, teacher, input_shape)
-
+    student, arch, teacher = _student_and_teacher(spec, gen, data, teacher_checkpoint, extra_teachers)
+    loss = build_loss(gen, student, teacher, data.input_shape)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     views = view_store(spec, gen, [teacher_checkpoint, *extra_teachers], loss) if index > 0 else None
     result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
                  device=device, state_path=out_dir / "train_state.pt", view_store=views)
-    t1 = time.perf_counter()
+    seconds = {"fit": time.perf_counter() - t0, "teacher_cache": result.cache_seconds}
     if leave_group() != 0:  # one rank of several: rank 0 alone measures and writes the generation
         return None, None
-    metrics, confusion = _test_metrics(student, teacher, data, device)
-    t2 = time.perf_counter()
-    costs = profile(student, input_shape, spec.measure.runs, spec.measure.budget_s)
-    metrics.update({k: float(v) for k, v in costs.as_dict().items()})
-    t3 = time.perf_counter()
-    checkpoint = out_dir / "model.pt"
-    student.class_names = list(data.class_names)  # travels with the model: checkpoint, MLflow model, ONNX
-    save_checkpoint(checkpoint, student, arch, input_shape, data.num_classes, data.class_names)
-    onnx_path = checkpoint.with_suffix(".onnx")
-    export_warning = export_checked(student, input_shape, onnx_path, next(batches(data.test, 256, shuffle=False))[0],
-                                    costs.latency_ms, metrics, spec.measure.model_dump(exclude={"keep_onnx"}))
-    int8 = None if export_warning or not onnx_path.is_file() else quantize_generation(
-        spec, gen, data, onnx_path, metrics["test_accuracy"])
-    if not spec.measure.keep_onnx:  # measured (and quantized from); the weights are stored twice, not four times
-        onnx_path.unlink(missing_ok=True)
-    t4 = time.perf_counter()
     # the resume state stays: the caller removes it once the generation is recorded (a kill before that then
     # resumes after the last epoch, 0 epochs trained)
-    outcome = GenerationOutcome(index, gen.name, describe(arch), str(checkpoint), metrics, result.history,
-                                result.resumed_from_epoch,
-                                {"fit": t1 - t0, "evaluate": t2 - t1, "profile": t3 - t2, "export": t4 - t3,
-                                 "teacher_cache": result.cache_seconds})
+    outcome = _measure_and_ship(spec, gen, student, arch, teacher, data, device, out_dir, seconds)
+    outcome.history, outcome.resumed_from_epoch = result.history, result.resumed_from_epoch
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
-    outcome.confusion, outcome.class_names = confusion, list(data.class_names)
-    outcome.export_warning = export_warning
-    outcome.skipped = list(data.skipped)
-    outcome.metrics["skipped_files"] = float(len(data.skipped))  # unreadable files the data source left out
-    if int8 is not None:
-        metrics.update(int8.metrics)
-        outcome.tags = int8_tags(int8, gen.deploy.max_drop)
     if result.teacher != "none":  # cached, stored views or live, and why: in the run's tags
         outcome.tags["kdchain.teacher_outputs"] = result.teacher[:5000]
     return outcome, student.cpu()
 
 
-def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Tensor, eager_latency_ms: float,
-                   metrics: dict[str, float], measure: dict | None = None) -> str:
-    """ONNX beside the checkpoint, checked against torch on the test batch `check_x` and timed against torch eager
-    (whose batch-1 latency the profile has just measured); adds its metrics to `metrics`. On a real mismatch the
-    ONNX file is removed (nobody should deploy it), its difference still recorded, and the warning returned: the
-    trained generation itself stays good. Returns "" when the export checks out."""
-    try:
-        metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms,
-                                          **(measure or {})))  # `measure:` of the chain: onnx and speed on or off, budget
-        if getattr(model, "class_names", None) and Path(path).is_file():
-            label_onnx(path, model.class_names)
-        return ""
-    except ExportMismatch as e:
-        Path(path).unlink(missing_ok=True)
-        metrics["onnx_max_abs_diff"] = e.diff
-        return f"{e}; the ONNX file is left out"
+def _student_and_teacher(spec: ChainSpec, gen: ResolvedGeneration, data, teacher_checkpoint: Path | None,
+                         extra_teachers: list[Path]) -> tuple[nn.Module, object, nn.Module | None]:
+    """(the student to train, its architecture, its teacher or Teachers; None for the teacher itself). A pruned
+    student is its teacher pruned (kdchain.students.pruned_student), not a fresh model."""
+    pruned = isinstance(gen.arch, PrunedArch)
+    student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, data.input_shape[0]),
+                                                       gen.arch)
+    if gen.index == 0:
+        return student, gen.arch, None
+    if teacher_checkpoint is None:
+        raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
+    teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
+    arch = gen.arch
+    if pruned:
+        student, arch = pruned_student(teacher, teacher_arch, gen.arch, data, spec.seed + gen.index)
+    if len(extra_teachers) != len(teacher_indices(gen)) - 1:
+        raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
+                         f"got {1 + len(extra_teachers)} checkpoints")
+    if extra_teachers:
+        teacher = Teachers(teacher, [load_checkpoint(p)[0] for p in extra_teachers])
+    return student, arch, teacher
 
 
-def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_path: Path,
-                        fp32_accuracy: float) -> Int8Result | None:
-    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without."""
-    deploy = gen.deploy
-    if not deploy.quantized:
-        return None
-    calibration = None
-    if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
-        sample = torch.Generator().manual_seed(spec.seed)
-        calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
-    test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
-    return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy)
-
-
-def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
-    tags = {"kdchain.int8.float_ops": int8.float_ops_text()}
-    if int8.flagged:
-        tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
-                                     f"fp32 (max_drop {max_drop:g})")
-    return tags
-
-
-def training_sample(data, seed: int, batch_size: int = 64):
-    """n -> n seeded batches of the training split (cycled), on the CPU: what pruning scores channels and blocks on."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def sample(n: int) -> list:
-        out = []
-        while len(out) < n:
-            out += list(itertools.islice(batches(data.train, batch_size, gen), n - len(out)))
-        return [(x.cpu(), y.cpu()) for x, y in out]
-    return sample
-
-
-def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
-    """test_accuracy on the data's current test split, plus params/flops/latency_ms/size_bytes: the numbers a
-    promotion compares; and the int8 model's when the promotion rule reads them. Two models scored by this in the
-    same process are scored on the same split."""
-    model = load_compatible(spec, path)
-    data = load_data(spec.data, spec.seed)
-    with torch.inference_mode():
-        accuracy = evaluate(model, data.test)
-    scores = {"test_accuracy": accuracy,
-              **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
-    if spec.promotion.needs_int8:
-        scores.update(int8_scores(spec, model, data, accuracy))
-    return scores
-
-
-def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:
-    """The int8 ONNX model a chain ships from `model`, quantized as its last generation's `deploy` says (static
-    when that says none), scored on the test split and timed."""
-    gen = resolve_chain(spec)[-1]
-    if not gen.deploy.quantized:
-        gen = replace(gen, deploy=DeploySpec(quantize="static"))
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
-        if getattr(model, "class_names", None):  # the same file the chain ships: its outputs named
-            label_onnx(onnx, model.class_names)
-        result = quantize_generation(spec, gen, data, onnx, fp32_accuracy)
-    return {k: result.metrics[k] for k in ("test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8",
-                                           "size_bytes_int8")}
+def _measure_and_ship(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module, arch, teacher, data, device,
+                      out_dir: Path, seconds: dict[str, float]) -> GenerationOutcome:
+    """The trained student's test figures and profile, its checkpoint, its ONNX file checked against torch and its
+    int8 model; `seconds` gains each step's time."""
+    t0 = time.perf_counter()
+    metrics, confusion = test_metrics(student, teacher, data, device)
+    t1 = time.perf_counter()
+    costs = profile(student, data.input_shape, spec.measure.runs, spec.measure.budget_s)
+    metrics.update({k: float(v) for k, v in costs.as_dict().items()})
+    t2 = time.perf_counter()
+    checkpoint = out_dir / "model.pt"
+    student.class_names = list(data.class_names)  # travels with the model: checkpoint, MLflow model, ONNX
+    save_checkpoint(checkpoint, student, arch, data.input_shape, data.num_classes, data.class_names)
+    onnx_path = checkpoint.with_suffix(".onnx")
+    export_warning = export_checked(student, data.input_shape, onnx_path,
+                                    next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics,
+                                    spec.measure.model_dump(exclude={"keep_onnx"}))
+    int8 = None if export_warning or not onnx_path.is_file() else quantize_generation(
+        spec, gen, data, onnx_path, metrics["test_accuracy"])
+    if not spec.measure.keep_onnx:  # measured (and quantized from); the weights are stored twice, not four times
+        onnx_path.unlink(missing_ok=True)
+    seconds.update({"evaluate": t1 - t0, "profile": t2 - t1, "export": time.perf_counter() - t2})
+    outcome = GenerationOutcome(gen.index, gen.name, describe(arch), str(checkpoint), metrics, seconds=seconds,
+                                confusion=confusion, class_names=list(data.class_names),
+                                export_warning=export_warning, skipped=list(data.skipped))
+    outcome.metrics["skipped_files"] = float(len(data.skipped))  # unreadable files the data source left out
+    if int8 is not None:
+        metrics.update(int8.metrics)
+        outcome.tags = int8_tags(int8, gen.deploy.max_drop)
+    return outcome
 
 
 def load_teacher_generation(spec: ChainSpec, gen: ResolvedGeneration) -> tuple[GenerationOutcome, nn.Module]:

@@ -13,6 +13,7 @@ from kdchain.models import build_model, count_params, default_tap, describe, pre
 from kdchain.models.timm import missing_weights as missing_timm_weights
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
 from kdchain.models.torchvision import fitting_state, missing_weights
+from kdchain.plans import known_archs
 from kdchain.preflight import cuda_problem, distributed_problems, size_problems
 from kdchain.resolve import ResolvedGeneration, arch_field, resolve_chain
 from kdchain.search import budget_problems
@@ -116,19 +117,21 @@ def deploy_problems(spec: ChainSpec, source: str = "config") -> list[str]:
 
 
 def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
-    """Per generation, without training: the architecture, params, FLOPs, the shapes of the tapped maps."""
+    """Per generation, without training: the architecture, params, FLOPs, the shapes of the tapped maps. A pruned
+    generation's shape is the trained one where the workdir has it, else planned from its trained teacher, else
+    from initial weights (kdchain.plans)."""
     gens = resolve_chain(spec)
     input_shape, num_classes = input_info(spec.data)
     rows = []
-    for g in gens:
-        model = build_model(g.arch, num_classes, input_shape[0]).eval()
+    for g, known in zip(gens, known_archs(spec, gens)):
+        model = build_model(known.arch, num_classes, input_shape[0]).eval()
         # the default tap, and every node a feature loss reads from this model as student or as teacher
         taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if hasattr(t, "student_node")}
         if g.index + 1 < len(gens):
             taps |= {t.teacher_node for t in gens[g.index + 1].distill if hasattr(t, "teacher_node")}
-        # a trained teacher's pruning may keep other channels and blocks, never other counts of them
-        summary = describe(g.arch) + (" (pruned now from initial weights)" if g.arch.kind == "pruned" else "")
-        row = {"index": g.index, "name": g.name, "summary": summary, "arch": g.arch.model_dump(mode="json"),
+        summary = describe(known.arch) + "".join(f" ({t})" for t in (known.source, known.note) if t)
+        row = {"index": g.index, "name": g.name, "summary": summary, "arch": known.arch.model_dump(mode="json"),
+               "source": known.source,
                "params": count_params(model), "flops": count_flops(model, input_shape),
                "feature_maps": {n: list(s) for n, s in feature_shapes(model, sorted(taps), input_shape).items()},
                "distill": [t.model_dump(mode="json") for t in g.distill]}

@@ -1,6 +1,6 @@
 """Whether a retrained model replaces the champion: a pure rule over two score sheets, and its record.
 
-Both models are scored by `kdchain.chain.score_checkpoint` on the same current test split; the rule is the chain
+Both models are scored by `kdchain.scoring.score_checkpoint` on the same current test split; the rule is the chain
 spec's `promotion` section. Applying the decision (moving aliases) is kdchain.tracking's job, under a lock.
 """
 

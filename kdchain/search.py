@@ -17,13 +17,12 @@ from pathlib import Path
 import optuna
 import torch
 
-from kdchain.chain import build_loss, training_sample, view_store
+from kdchain.students import build_loss, pruned_student, view_store
 from kdchain.checkpoints import ARCH, load_checkpoint
 from kdchain.data import input_info, load_data
 from kdchain.distill import fit, pick_device
 from kdchain.measure.profile import count_flops, latency_ms
 from kdchain.models import build_model, default_tap, derive_arch, describe, resolve_student
-from kdchain.models.prune import prune_model
 from kdchain.resolve import resolve_chain, tapped_nodes
 from kdchain.search_results import (Candidate, SearchResult, TrialResult, knee_floor, pareto_front,  # noqa: F401
                                     pareto_plot, select_winner)
@@ -78,14 +77,18 @@ def candidate_distill(distill: list, params: dict[str, float]) -> list:
     return out
 
 
-def candidates(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
-    """Every point of generation `index`'s space with its cost and the budget limits it breaks; no training."""
+def candidates(spec: ChainSpec, index: int, teacher_arch, teacher_checkpoint: Path | None = None) -> list[Candidate]:
+    """Every point of generation `index`'s space with its cost and the budget limits it breaks; no training.
+    With the trained teacher's checkpoint, a pruned candidate is planned from its weights (which blocks a depth
+    prune removes depends on them): the architecture measured here is the one its trial and the winner train.
+    Without it (the pre-flight, before the teacher has trained) from the teacher's initial weights."""
     search = spec.generations[index - 1].search
     budget = search.budget
     input_shape, num_classes = input_info(spec.data)
+    plan = _planner(spec, index, teacher_checkpoint)
     out, seen, built = [], {}, set()
     for params in _grid(search):
-        arch = candidate_arch(spec, index, teacher_arch, params)
+        arch = plan(candidate_arch(spec, index, teacher_arch, params))
         key = canonical_json(arch)
         same = canonical_json({"arch": key, **{k: v for k, v in params.items() if k not in ("width", "depth")}})
         if same in built:  # another width/depth rounds to this very network with the same loss: train it once
@@ -110,9 +113,24 @@ def candidates(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
     return out
 
 
-def within_budget(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
+def _planner(spec: ChainSpec, index: int, teacher_checkpoint: Path | None):
+    """arch -> arch: a pruned plan made concrete from the trained teacher's weights (record filled in), on the
+    seeded batches its training uses; other architectures (and everything without a checkpoint) unchanged."""
+    loaded = {}
+
+    def plan(arch):
+        if arch.kind != "pruned" or teacher_checkpoint is None:
+            return arch
+        if not loaded:
+            loaded["teacher"], loaded["arch"], _ = load_checkpoint(Path(teacher_checkpoint))
+            loaded["data"] = load_data(spec.data, spec.seed)
+        return pruned_student(loaded["teacher"], loaded["arch"], arch, loaded["data"], spec.seed + index)[1]
+    return plan
+
+
+def within_budget(spec: ChainSpec, index: int, teacher_arch, teacher_checkpoint: Path | None = None) -> list[Candidate]:
     """The candidates that meet the budget; SpecError (one line) when none does: nothing is trained then."""
-    cands = candidates(spec, index, teacher_arch)
+    cands = candidates(spec, index, teacher_arch, teacher_checkpoint)
     ok = [c for c in cands if not c.over_budget]
     if not ok:
         cheapest = min(cands, key=lambda c: c.cost["params"])
@@ -121,6 +139,31 @@ def within_budget(spec: ChainSpec, index: int, teacher_arch) -> list[Candidate]:
                          f"has {'; '.join(cheapest.over_budget)}); raise the budget or add smaller values to "
                          f"{field_of(index)}.space.width"])
     return ok
+
+
+class BudgetBroken(Exception):
+    """A searched generation trained over its budget's params or FLOPs: the search's promise is broken."""
+
+
+def budget_kept(search: SearchSpec, name: str, winner: TrialResult, metrics: dict[str, float]) -> list[str]:
+    """Holds the trained winner to the budget its search kept: its params and FLOPs (exact, the shape alone
+    decides them) over a limit raise BudgetBroken, as does a shape other than the trial's. Latency is measured on
+    a machine that may be busy: over the limit, it returns the warning to record."""
+    budget, problems = search.budget, []
+    for key, limit in (("params", budget.max_params), ("flops", budget.max_flops)):
+        if limit is not None and metrics[key] > limit:
+            problems.append(f"{key} {metrics[key]:,.0f} > {limit:,}")
+        if round(metrics[key]) != round(winner.cost[key]):
+            problems.append(f"{key} {metrics[key]:,.0f} where its trial had {winner.cost[key]:,.0f}")
+    if problems:
+        raise BudgetBroken(f"generation {name} trained over its search's budget ({'; '.join(problems)}); its "
+                           "run is recorded but must not be used")
+    latency = metrics.get("latency_ms")
+    if budget.max_latency_ms is not None and latency is not None and latency > budget.max_latency_ms:
+        return [f"latency {latency:.3f} ms measured after training > budget.max_latency_ms "
+                f"{budget.max_latency_ms} ms (its trial measured {winner.cost['latency_ms']:.3f} ms; the same "
+                "architecture, so this machine was busier)"]
+    return []
 
 
 def budget_problems(spec: ChainSpec, gens: list) -> list[str]:
@@ -252,9 +295,8 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
     teacher, teacher_arch, _ = load_checkpoint(Path(teacher_checkpoint))
     gen = resolve_chain(_with_student(spec, index, arch, candidate.params))[index]
     torch.manual_seed(spec.seed + index)
-    if arch.kind == "pruned":  # the teacher itself, pruned to the candidate's width/depth
-        student = prune_model(teacher, teacher_arch, arch.prune, training_sample(data, spec.seed + index),
-                              arch.keep, data.num_classes, data.input_shape[0])[0]
+    if arch.kind == "pruned":  # the teacher itself, pruned to the candidate's width/depth as its plan says
+        student = pruned_student(teacher, teacher_arch, arch, data, spec.seed + index)[0]
     else:
         student = build_model(arch, data.num_classes, data.input_shape[0])
     loss = build_loss(gen, student, teacher, data.input_shape)
@@ -289,8 +331,8 @@ def run_trial(spec: ChainSpec, index: int, number: int, trial_id: int | None, ca
 def _with_student(spec: ChainSpec, index: int, arch, params: dict[str, float]) -> ChainSpec:
     gens = list(spec.generations)
     g = gens[index - 1]
-    student = PruneStudent(prune=arch.prune) if arch.kind == "pruned" else arch  # re-planned from the teacher
-    gens[index - 1] = g.model_copy(update={"student": student, "distill": candidate_distill(g.distill, params),
+    # a pruned candidate is its plan made from the trained teacher (its record): followed, never planned again
+    gens[index - 1] = g.model_copy(update={"student": arch, "distill": candidate_distill(g.distill, params),
                                            "search": None})
     return spec.model_copy(update={"generations": gens})
 
@@ -306,4 +348,9 @@ def apply_winner(spec: ChainSpec, index: int, result: SearchResult) -> ChainSpec
 def search_key(spec: ChainSpec, index: int, teacher_digest: str) -> str:
     """What a search's outcome depends on: the generation as written, the data, the seed, the teacher's weights."""
     return spec_hash({"generation": spec.generations[index - 1].model_dump(mode="json"),
-                      "data": spec.data.model_dump(mode="json"), "seed": spec.seed, "teacher": teacher_digest})
+                      "data": spec.data.model_dump(mode="json"), "seed": spec.seed, "teacher": teacher_digest,
+                      "plans": SEARCH_VERSION})
+
+
+# 2: pruned candidates are planned from the trained teacher and their plans followed (1 planned them on noise)
+SEARCH_VERSION = 2

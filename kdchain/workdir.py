@@ -40,6 +40,11 @@ def _size_and_mtime(folder: Path) -> tuple[int, float]:
     return sum(p.stat().st_size for p in files), max((p.stat().st_mtime for p in files), default=folder.stat().st_mtime)
 
 
+def generation_folder(workdir: str | Path, chain: str, index: int, name: str, key: str) -> Path:
+    """Where the generation `index` (`name`) of `chain` trained under `key` keeps its checkpoint and resume state."""
+    return Path(workdir) / chain / f"{index}-{name}-{key[:12]}"
+
+
 def generation_folders(workdir: Path) -> list[HeldGeneration]:
     out = []
     for folder in sorted(Path(workdir).glob("*/*")):

@@ -14,12 +14,13 @@ from flows.cli import main
 from kdchain.data import batches, load_data
 from kdchain.measure.export import export_onnx
 from kdchain.measure.quantize import Int8Result, float_ops, quantize_onnx
-from kdchain.chain import int8_tags, score_checkpoint
+from kdchain.shipping import int8_tags
+from kdchain.scoring import score_checkpoint
 from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, decide
 from kdchain.models import build_model
 from kdchain.spec import CnnArch, PromotionSpec, load_spec
 from kdchain.tracking import INT8_KEYS
-from tests.conftest import tiny_chain, write_config
+from tests.conftest import seed_store, tiny_chain, write_config
 
 
 def _chain(tmp_path: Path, name: str, **overrides) -> dict:
@@ -32,9 +33,10 @@ def _chain(tmp_path: Path, name: str, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def static_chain(tmp_path_factory, prefect_harness):
+def static_chain(tmp_path_factory, prefect_harness, empty_store):
     """One digits chain with deploy: {quantize: static}, run through the CLI, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("static")
+    seed_store(tmp, empty_store)
     path = write_config(tmp, _chain(tmp, "int8", deploy={"quantize": "static", "calibration_images": 256}))
     assert main(["run", str(path)]) == 0
     spec = load_spec(path)
@@ -207,6 +209,7 @@ def test_bad_deploy_and_timm_settings_say_so_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.no_seeded_store  # a refusal writes no store
 def test_run_refuses_missing_timm_weights_and_unexportable_quantize(tmp_path, capsys):
     cfg = tiny_chain(tmp_path)
     cfg["teacher"]["model"] = {"kind": "timm", "name": "resnet18", "weights": str(tmp_path / "nope.safetensors")}

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from flows.cli import main
-from kdchain.chain import export_checked
+from kdchain.shipping import export_checked
 from kdchain.models import build_model
 from kdchain.spec import ResnetArch
 from kdchain.tracking import GENERATION, KIND
@@ -99,6 +99,7 @@ def small_cifar(tmp_path):
     return folder.parent
 
 
+@pytest.mark.slow  # about 25 s: the shipped ResNet config's models on CIFAR-10 files
 def test_the_shipped_cifar10_resnet_config_runs_end_to_end(tmp_path, small_cifar, capfd, prefect_harness):
     """configs/cifar10-resnet-chain.yaml at its own models, losses, optimizer and learning rate; only the data
     (160 images) and the epochs (1) are small."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-import flows.chain as chain_flow
+import flows.generation as generation_flow
 from flows.chain import distill_chain
 from flows.cli import main
 from kdchain import tracking
@@ -96,17 +96,17 @@ def test_rerun_reuses_every_finished_generation(tmp_path):
 
 def test_a_chain_that_died_in_B_resumes_without_retraining_teacher_and_A(tmp_path, monkeypatch, capsys):
     spec = load_spec(write_config(tmp_path, tiny_chain(tmp_path, name="crash")))
-    real = chain_flow.train_generation
+    real = generation_flow.train_generation
 
     def dies_in_b(spec_, index, *args, **kwargs):
         if index == 2:
             raise RuntimeError("power cut")
         return real(spec_, index, *args, **kwargs)
 
-    monkeypatch.setattr(chain_flow, "train_generation", dies_in_b)
+    monkeypatch.setattr(generation_flow, "train_generation", dies_in_b)
     with pytest.raises(RuntimeError, match="power cut"):
         distill_chain(spec)
-    monkeypatch.setattr(chain_flow, "train_generation", real)
+    monkeypatch.setattr(generation_flow, "train_generation", real)
 
     path = write_config(tmp_path, tiny_chain(tmp_path, name="crash"))
     assert main(["run", str(path)]) == 0

@@ -1,5 +1,6 @@
-"""The package layout holds: no import circle inside kdchain, small modules and functions, the layering of
-DESIGN.md (no prefect in kdchain, mlflow only in kdchain/tracking), and models saved before the split still load."""
+"""The package layout holds: no import circle inside kdchain, small modules and functions in kdchain/ and flows/,
+the layering (no prefect in kdchain/, mlflow only in kdchain/tracking/), and models saved before the package split
+still load."""
 
 import ast
 from pathlib import Path
@@ -11,9 +12,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "pre_split"
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 
-def _modules() -> dict[str, Path]:
+def _modules(*packages: str) -> dict[str, Path]:
     mods = {}
-    for p in (ROOT / "kdchain").rglob("*.py"):
+    for p in (p for package in packages or ("kdchain",) for p in (ROOT / package).rglob("*.py")):
         name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
         mods[name.removesuffix(".__init__")] = p
     return mods
@@ -61,7 +62,7 @@ def test_no_import_circle_inside_kdchain():
 
 def test_modules_and_functions_stay_small():
     long_modules, long_functions = [], []
-    for name, path in _modules().items():
+    for name, path in _modules("kdchain", "flows").items():
         text = path.read_text()
         if len(text.splitlines()) > MAX_MODULE_LINES:
             long_modules.append(f"{name} ({len(text.splitlines())} lines)")
@@ -94,7 +95,7 @@ def test_checkpoints_and_pickled_models_saved_before_the_split_still_load():
     for name in ("cnn", "resnet"):
         model, arch, _ = load_checkpoint(FIXTURES / f"{name}-model.pt")
         pickled = torch.load(FIXTURES / f"{name}-pickled.pt", weights_only=False).eval()
-        with torch.no_grad():
-            assert torch.equal(model(expected["x"]), expected[name]), name
-            assert torch.equal(pickled(expected["x"]), expected[name]), name
+        with torch.no_grad():  # the same outputs up to float rounding (thread counts change reduction orders)
+            torch.testing.assert_close(model(expected["x"]), expected[name], rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(pickled(expected["x"]), expected[name], rtol=1e-4, atol=1e-5, msg=name)
         assert arch.kind == name

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdchain.chain import build_loss, train_generation
+from kdchain.students import build_loss
+
+from kdchain.chain import train_generation
 
 from kdchain.checks import check_chain
 

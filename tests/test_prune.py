@@ -4,6 +4,7 @@ ONNX), VGG19 included."""
 
 import pickle
 import re
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,15 +14,17 @@ import torch
 from mlflow import MlflowClient
 
 from flows.cli import main
-from kdchain.chain import train_generation, training_sample
+from kdchain.chain import train_generation
+from kdchain.students import training_sample
 from kdchain.checkpoints import load_checkpoint, save_checkpoint
 from kdchain.checks import check_chain
 from kdchain.data import load_data
 from kdchain.distill import evaluate
 from kdchain.models import build_model, count_params
-from kdchain.models.prune import planned, prune_model
+from kdchain.models.prune import prune_model
+from kdchain.models.pruned import planned
 from kdchain.resolve import resolve_chain
-from kdchain.spec import Prune, canonical_json, spec_from_dict
+from kdchain.spec import Prune, PrunedArch, canonical_json, spec_from_dict
 from tests.conftest import tiny_chain, write_config
 
 
@@ -147,7 +150,7 @@ def test_a_pruned_chain_runs_registers_and_its_model_scores_what_was_reported(tm
     cfg["measure"] = {"keep_onnx": True}  # B's ONNX file is compared with its logged model below
     path = write_config(tmp_path, cfg)
     assert main(["inspect", str(path)]) == 0
-    assert "pruned now from initial weights" in capsys.readouterr().out
+    assert "planned on initial weights" in capsys.readouterr().out  # nothing trained yet
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "models:/prunedchain-student@latest" in out
@@ -206,6 +209,7 @@ def cifar_folder(root):
     return root
 
 
+@pytest.mark.slow  # about 55 s: VGG19 at 224x224, its ONNX export checked
 def test_a_pruned_vgg19_inspects_offline_and_trains_one_epoch_on_cifar(tmp_path, capsys):
     cfg = {"name": "vgg-pruned", "workdir": str(tmp_path / "work"), "measure": {"speed": False},  # ONNX checked
            "data": {"kind": "cifar10", "root": str(cifar_folder(tmp_path / "data")), "image_size": 224, "val": 0.2},
@@ -232,22 +236,97 @@ def test_a_pruned_vgg19_inspects_offline_and_trains_one_epoch_on_cifar(tmp_path,
     assert outcome.metrics["onnx_max_abs_diff"] <= 1e-3
 
 
+def make_block_idle(model, name: str) -> None:
+    """Turn the conv-BN-ReLU block `name` into the identity on its (non-negative) input: 1 - cos(in, out) = 0, so a
+    depth prune scoring this model's weights removes it first."""
+    block = model.get_submodule(name)
+    with torch.no_grad():
+        block.conv.weight.zero_()
+        c = block.conv.out_channels
+        block.conv.weight[torch.arange(c), torch.arange(c), 1, 1] = 1.0
+        block.bn.weight.fill_(1.0), block.bn.bias.zero_()
+        block.bn.running_mean.zero_(), block.bn.running_var.fill_(1.0 - block.bn.eps)
+
+
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_search_varies_the_pruned_width_and_depth_and_its_winner_is_the_pruned_teacher(tmp_path):
+def test_a_search_over_width_and_depth_never_trains_over_its_budget(trained, tmp_path):
+    """Which block a depth prune removes depends on the teacher's trained weights. Here the trained teacher's
+    least important block is another one than its initial weights' (forced: that block made the identity), so a
+    candidate planned on initial weights would meet the budget and then train far over it."""
     from flows.chain import distill_chain
+    from kdchain.students import pruned_student
+
+    spec, teacher, _, _ = trained
+    arch = spec.teacher.model
+    plan = PrunedArch(base=arch, prune=Prune(width=0.75, depth=0.5))
+    initial = planned(canonical_json(plan), 10, 1).record["removed"]
+    other = next(b for b in ("stages.0.1", "stages.1.1") if b not in initial)
+    teacher = load_checkpoint(trained[2])[0]
+    make_block_idle(teacher, other)
+    save_checkpoint(tmp_path / "teacher.pt", teacher, arch, (1, 8, 8), 10)
+    data = load_data(spec.data, 0)
+    student, real = pruned_student(teacher, arch, plan, data, spec.seed + 1)
+    assert real.record["removed"] == [other] != initial
+    noise_params = count_params(build_model(planned(canonical_json(plan), 10, 1), 10, 1))
+    budget = (count_params(student) + noise_params) // 2
+    # measured on initial weights the candidate meets the budget; pruned from the trained teacher it does not
+    assert noise_params <= budget < count_params(student)
 
     cfg = digits_chain(tmp_path, name="prunesearch", A={"prune": {"width": 0.5}})
-    cfg["teacher"]["train"]["epochs"] = 3
-    cfg["generations"][0]["search"] = {"space": {"width": [0.25, 0.5, 0.75], "depth": [0.5, 1.0]},
-                                       "budget": {"max_params": 20000}, "trials": 3, "proxy_epochs": 1,
+    cfg["teacher"] = {"from": str(tmp_path / "teacher.pt")}
+    cfg["generations"][0]["search"] = {"space": {"width": [0.5, 0.75], "depth": [0.5]},
+                                       "budget": {"max_params": budget}, "trials": 2, "proxy_epochs": 1,
                                        "prune": False, "runner": {"kind": "threads", "workers": 1}}
     result = distill_chain(spec_from_dict(cfg))
     client = MlflowClient(cfg["tracking"]["uri"])
     exp = client.get_experiment_by_name("prunesearch")
     trials = client.search_runs([exp.experiment_id], "tags.`kdchain.kind` = 'trial'")
-    assert len(trials) == 3 and all(t.data.metrics["params"] <= 20000 for t in trials)
+    assert trials and all(t.data.metrics["params"] <= budget for t in trials)
     a = result.generations[1]
-    assert "pruned to width" in a.summary and a.metrics["params"] <= 20000
-    assert a.metrics["test_accuracy"] > 0.8  # the teacher's weights, healed in 2 epochs
+    assert a.metrics["params"] <= budget, a.summary
     chosen = [t for t in trials if t.data.tags.get("kdchain.chosen") == "true"]
     assert len(chosen) == 1 and chosen[0].data.metrics["params"] == a.metrics["params"]
+    trained_a = load_checkpoint(Path(a.checkpoint))[1]
+    assert trained_a.record["removed"] == [other]  # the block the trained teacher's weights chose
+    # chance is 0.1; the teacher lost accuracy when its block became the identity, A starts from its weights
+    assert a.metrics["test_accuracy"] > 0.25
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_inspect_reports_the_params_and_flops_that_train(trained, tmp_path, capsys):
+    """A depth prune whose block depends on the teacher's weights: `inspect` plans it from the trained teacher
+    before the run, and reads the trained architecture after it; both are what the run measured."""
+    import json
+
+    spec, _, checkpoint, _ = trained
+    arch = spec.teacher.model
+    plan = PrunedArch(base=arch, prune=Prune(width=0.75, depth=0.5))
+    other = next(b for b in ("stages.0.1", "stages.1.1")
+                 if b not in planned(canonical_json(plan), 10, 1).record["removed"])
+    teacher = load_checkpoint(checkpoint)[0]
+    make_block_idle(teacher, other)  # the trained weights choose another block than initial weights would
+    save_checkpoint(tmp_path / "teacher.pt", teacher, arch, (1, 8, 8), 10)
+    cfg = digits_chain(tmp_path, name="inspected", A={"prune": {"width": 0.75, "depth": 0.5}},
+                       B={"prune": {"width": 0.5}})
+    cfg["teacher"] = {"from": str(tmp_path / "teacher.pt")}
+    for g in cfg["generations"]:
+        g["train"]["epochs"] = 1
+    path = write_config(tmp_path, cfg)
+
+    assert main(["inspect", str(path), "--json"]) == 0
+    before = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert before["A"]["source"] == "pruned from the trained teacher"
+    assert before["B"]["source"] == "planned on initial weights"  # width only: the same counts whatever the weights
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    client = MlflowClient(cfg["tracking"]["uri"])
+    runs = {r.data.tags["kdchain.generation_name"]: r.data.metrics
+            for r in client.search_runs([client.get_experiment_by_name("inspected").experiment_id],
+                                        "tags.`kdchain.kind` = 'generation'")}
+    assert main(["inspect", str(path), "--json"]) == 0
+    after = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for name in ("A", "B"):
+        assert before[name]["params"] == after[name]["params"] == runs[name]["params"], name
+        assert before[name]["flops"] == after[name]["flops"] == runs[name]["flops"], name
+        assert after[name]["source"] == "trained"
+    assert after["A"]["arch"]["record"]["removed"] == [other]

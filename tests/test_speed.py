@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 
 from kdchain.resolve import resolve_chain
 from kdchain.data import load_data

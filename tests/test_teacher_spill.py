@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.distill import fit
 from kdchain.models import build_model
 from kdchain.spec import CeLoss, FeatureLoss, KdLoss

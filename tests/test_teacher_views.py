@@ -7,7 +7,7 @@ them again."""
 import pytest
 import torch
 
-from kdchain.chain import build_loss
+from kdchain.students import build_loss
 from kdchain.data import load_data
 from kdchain.distill import fit
 from kdchain.distill.engine import StoredViews
@@ -133,6 +133,7 @@ def test_a_chain_stores_each_teachers_views_beside_it_and_ancestors_read_them(tm
     assert len(folders["teacher"]) == 1 and len(folders["A"]) == 1 and folders["B"] == []
 
 
+@pytest.mark.slow  # about 10 s: a search and its winner on stored views
 def test_a_searched_generation_trains_on_the_views_its_trials_stored(tmp_path, prefect_harness):
     from mlflow import MlflowClient
 

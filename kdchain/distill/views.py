@@ -8,7 +8,7 @@ generator seeded with (seed, v): it can be drawn again at any time, so only the 
 exactly the view whose outputs are read, and no teacher forward runs during training.
 
 The outputs are stored per teacher as float16 .npy files in a folder beside its checkpoint
-(kdchain.chain.view_store), keyed by its weights, the data, the chain's seed, K, the tapped nodes and the
+(kdchain.students.view_store), keyed by its weights, the data, the chain's seed, K, the tapped nodes and the
 precision. Every student of that teacher reads the same files: search trials, a later chain run, a generation
 taught by all its ancestors (each ancestor's views were stored when it taught the generation after it, so only
 the newest teacher's are computed), several processes. The first one computes them under a file lock, writes

@@ -16,9 +16,6 @@ def describe_cnn(arch: CnnArch) -> str:
     return f"cnn {stages}{head}"
 
 
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---------------------------------------------------------------------------------------------- cnn
 
 

@@ -14,29 +14,24 @@ the teacher's surviving weights (torch-pruning's DepGraph traces which layers ar
   batches from the unpruned model (KD at T = 4, AdamW 1e-3), so that the next step scores a model that works.
 
 The result is a PrunedArch whose `record` (removed blocks, changed module attributes, changed tensor shapes)
-rebuilds the model exactly from its base without any weights: checkpoints stay JSON + tensors (weights_only).
-A plan (no record yet, e.g. in `kdchain inspect`) is made concrete by pruning the base's initial weights.
+rebuilds the model exactly from its base without any weights (the `pruned` family, kdchain.models.pruned):
+checkpoints stay JSON + tensors (weights_only).
 """
 
 import copy
-import math
-import os
-from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
-from pydantic import TypeAdapter
 from torch import nn
 
-from kdchain.models.registry import build_model, default_tap, derive_arch, describe, register
+from kdchain.models.registry import build_model, describe
 from kdchain.models.resnet import BasicBlock, CifarResNet
 from kdchain.models.torchvision import head_name
-from kdchain.spec import AnyArch, Derive, Prune, PrunedArch, SpecError, canonical_json
+from kdchain.spec import Prune, PrunedArch, SpecError, canonical_json
 
 Batches = Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]  # n -> n seeded (x, y) training batches
-ANY_ARCH = TypeAdapter(AnyArch)
 
 IMPORTANCE = {
     "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -114,8 +109,15 @@ def _covers(block: str, node: str) -> bool:
     return node == block or node.startswith(block + ".")
 
 
-def drop_blocks(model: nn.Module, prune: Prune, xs: list[torch.Tensor], keep: list[str]) -> list[str]:
-    """Replace the least important removable blocks by nn.Identity; returns the module names replaced."""
+def drop_blocks(model: nn.Module, prune: Prune, xs: list[torch.Tensor], keep: list[str],
+                follow: list[str] | None = None) -> list[str]:
+    """Replace the least important removable blocks by nn.Identity; returns the module names replaced. `follow`:
+    the blocks a plan made from these very weights removed, replaced as they are (no scoring: a near tie of two
+    blocks' scores must not pick another block, and with it another size, than the plan measured)."""
+    if follow is not None:
+        for name in follow:
+            model.set_submodule(name, nn.Identity())
+        return list(follow)
     blocks = removable_blocks(model, xs[0])
     if not blocks:
         raise SpecError([f"model.prune.depth: {type(model).__name__} has no removable blocks (no shape-keeping conv "
@@ -260,9 +262,17 @@ def replay(model: nn.Module, record: dict) -> nn.Module:
 # ---------------------------------------------------------------------------------------------- the student
 
 
+class PlanMismatch(Exception):
+    """A prune that was to follow a plan built another architecture (the teacher is not the one planned on)."""
+
+
 def prune_model(teacher: nn.Module, teacher_arch, prune: Prune, sample: Batches, keep: list[str] = (),
-                num_classes: int | None = None, in_channels: int | None = None) -> tuple[nn.Module, PrunedArch]:
-    """A pruned copy of `teacher` (untouched) keeping its surviving weights, and the architecture that rebuilds it."""
+                num_classes: int | None = None, in_channels: int | None = None,
+                follow: dict | None = None) -> tuple[nn.Module, PrunedArch]:
+    """A pruned copy of `teacher` (untouched) keeping its surviving weights, and the architecture that rebuilds it.
+    `follow`: the record of a plan made from this teacher (a search's candidate): the same blocks are removed and
+    the result must have the plan's shapes, or PlanMismatch. The channel counts of a width prune depend on the
+    settings alone (uniform per group); which channels survive depends on the weights."""
     teacher = teacher.eval()
     model = copy.deepcopy(teacher)
     for m in model.modules():  # a frozen teacher's parts are pruned and trained like the rest (see `trainable`)
@@ -270,116 +280,20 @@ def prune_model(teacher: nn.Module, teacher_arch, prune: Prune, sample: Batches,
         for p in m.parameters(recurse=False):
             p.requires_grad_(True)
     data = sample(max(prune.batches, 1))
-    removed = drop_blocks(model, prune, [x for x, _ in data], list(keep)) if prune.depth < 1 else []
+    removed = (drop_blocks(model, prune, [x for x, _ in data], list(keep), follow and follow["removed"])
+               if prune.depth < 1 else [])
     if prune.width < 1:
         prune_width(model, teacher, prune, data, sample)
     recalibrate_batch_norm(model, [x for x, _ in data])
-    arch = PrunedArch(base=teacher_arch, prune=prune, keep=list(keep), record=make_record(teacher, model, removed))
+    record = make_record(teacher, model, removed)
+    if follow is not None and canonical_json(record) != canonical_json(follow):
+        raise PlanMismatch(f"pruning {describe(teacher_arch)} did not rebuild its plan ({len(removed)} blocks "
+                           f"removed, {len(record['tensors'])} tensors reshaped; the plan: {len(follow['removed'])}, "
+                           f"{len(follow['tensors'])}): was the plan made from another teacher?")
+    arch = PrunedArch(base=teacher_arch, prune=prune, keep=list(keep), record=record)
     head = model.get_submodule(head_name(model))
     num_classes = num_classes or getattr(head, "out_features", None) or head.out_channels
     in_channels = in_channels or data[0][0].shape[1]
     student = build_model(arch, num_classes, in_channels)
     student.load_state_dict(model.state_dict())
     return student.eval(), arch
-
-
-def trainable(arch):
-    """The base a pruned model is built on: a student trains all its weights, so the teacher's freeze is dropped."""
-    if arch.kind == "pruned":
-        return arch.model_copy(update={"base": trainable(arch.base)})
-    if arch.kind == "torchvision" and arch.freeze:
-        return arch.model_copy(update={"freeze": []})
-    return arch
-
-
-@lru_cache(maxsize=32)
-def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> PrunedArch:
-    """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU."""
-    arch = ANY_ARCH.validate_json(arch_json)
-    gen = torch.Generator().manual_seed(0)
-
-    def noise(n: int):
-        return [(torch.randn(8, in_channels, size, size, generator=gen),
-                 torch.randint(0, num_classes, (8,), generator=gen)) for _ in range(n)]
-
-    # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
-    quick = arch.prune.model_copy(update={"recovery_batches": 0,
-                                          "importance": "bn_scale" if arch.prune.importance == "bn_scale" else "l2"})
-    _noise_fits(arch.base, num_classes, in_channels, size)
-    with torch.device("cpu"), torch.random.fork_rng():
-        torch.manual_seed(0)
-        base = build_model(arch.base, num_classes, in_channels)
-        concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
-    return concrete.model_copy(update={"prune": arch.prune})
-
-
-def _noise_fits(base_arch, num_classes: int, in_channels: int, size: int, images: int = 8) -> None:
-    """Raise SpecError when pruning `base_arch` on `images` noise images would not fit this machine's memory (a
-    typo of 10**6 channels in `kdchain validate` must be one line, not a machine swapping to death): every
-    module's output, summed, counted on the meta device."""
-    with torch.device("meta"):
-        base = build_model(base_arch, num_classes, in_channels).eval()
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        total += sum(t.numel() * t.element_size() for t in (output if isinstance(output, tuple) else (output,))
-                     if isinstance(t, torch.Tensor))
-
-    hooks = [m.register_forward_hook(count) for m in base.modules()]
-    try:
-        with torch.inference_mode():
-            base(torch.zeros(images, in_channels, size, size, device="meta"))
-    except (RuntimeError, NotImplementedError, ValueError):  # no meta kernel: nothing to say in advance
-        return
-    finally:
-        for h in hooks:
-            h.remove()
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if 2 * total > memory:  # the activations and a pruned copy's
-        raise SpecError([f"model: pruning is planned on {images} noise images of its teacher's model, whose outputs "
-                         f"need about {2 * total / 2**30:.0f} GB but this machine has {memory / 2**30:.0f} GB; "
-                         "lower the teacher's channels"])
-
-
-def _levels(arch) -> tuple[object, list[Prune]]:
-    """(the unpruned root architecture, the pruning settings applied to it, first first)."""
-    if arch.kind != "pruned":
-        return arch, []
-    root, levels = _levels(arch.base)
-    return root, levels + [arch.prune]
-
-
-def describe_pruned(arch: PrunedArch) -> str:
-    """`<root> pruned to width W`: W is the share of the root's channels kept (the product of every link's width),
-    then the blocks removed so far (once pruned) or the depth asked for (a plan)."""
-    root, levels = _levels(arch)
-    text = f"{describe(root)} pruned to width {math.prod(p.width for p in levels):.3g}"
-    removed, node = 0, arch
-    while node.kind == "pruned":
-        removed += len((node.record or {}).get("removed", []))
-        node = node.base
-    if removed:
-        return text + f", {removed} block{'s' if removed > 1 else ''} removed"
-    depth = min(p.depth for p in levels)
-    return text + (f", depth {depth:g}" if depth < 1 else "")
-
-
-def derive_pruned(arch: PrunedArch, derive: Derive):
-    """`derive` from a pruned teacher: its root family scaled by the widths and depths kept so far, times derive's."""
-    root, levels = _levels(arch)
-    width, depth = derive.width, derive.depth
-    for p in levels:
-        width, depth = width * p.width, depth * p.depth
-    return derive_arch(root, derive.model_copy(update={"width": width, "depth": depth}))
-
-
-@register("pruned", derive=derive_pruned, tap=lambda arch: default_tap(arch.base), describe=describe_pruned)
-def pruned_model(arch: PrunedArch, num_classes: int, in_channels: int) -> nn.Module:
-    if arch.record is None:
-        arch = planned(canonical_json(arch), num_classes, in_channels)
-    return replay(build_model(trainable(arch.base), num_classes, in_channels), arch.record)
-

@@ -1,0 +1,119 @@
+"""The `pruned` model family: a model that is its base architecture with a pruning record applied (or, without a
+record, a plan made concrete by pruning the base's initial weights on seeded noise). Built without any weights, so
+checkpoints stay JSON + tensors; how the pruning itself works is kdchain.models.prune."""
+
+import math
+import os
+from functools import lru_cache
+
+import torch
+from pydantic import TypeAdapter
+from torch import nn
+
+from kdchain.models.prune import prune_model, replay
+from kdchain.models.registry import build_model, default_tap, derive_arch, describe, register
+from kdchain.spec import AnyArch, Derive, Prune, PrunedArch, SpecError, canonical_json
+
+ANY_ARCH = TypeAdapter(AnyArch)
+
+
+def trainable(arch):
+    """The base a pruned model is built on: a student trains all its weights, so the teacher's freeze is dropped."""
+    if arch.kind == "pruned":
+        return arch.model_copy(update={"base": trainable(arch.base)})
+    if arch.kind == "torchvision" and arch.freeze:
+        return arch.model_copy(update={"freeze": []})
+    return arch
+
+
+@lru_cache(maxsize=32)
+def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> PrunedArch:
+    """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU."""
+    arch = ANY_ARCH.validate_json(arch_json)
+    gen = torch.Generator().manual_seed(0)
+
+    def noise(n: int):
+        return [(torch.randn(8, in_channels, size, size, generator=gen),
+                 torch.randint(0, num_classes, (8,), generator=gen)) for _ in range(n)]
+
+    # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
+    quick = arch.prune.model_copy(update={"recovery_batches": 0,
+                                          "importance": "bn_scale" if arch.prune.importance == "bn_scale" else "l2"})
+    _noise_fits(arch.base, num_classes, in_channels, size)
+    with torch.device("cpu"), torch.random.fork_rng():
+        torch.manual_seed(0)
+        base = build_model(arch.base, num_classes, in_channels)
+        concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
+    return concrete.model_copy(update={"prune": arch.prune})
+
+
+def _noise_fits(base_arch, num_classes: int, in_channels: int, size: int, images: int = 8) -> None:
+    """Raise SpecError when pruning `base_arch` on `images` noise images would not fit this machine's memory (a
+    typo of 10**6 channels in `kdchain validate` must be one line, not a machine swapping to death): every
+    module's output, summed, counted on the meta device."""
+    with torch.device("meta"):
+        base = build_model(base_arch, num_classes, in_channels).eval()
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in (output if isinstance(output, tuple) else (output,))
+                     if isinstance(t, torch.Tensor))
+
+    hooks = [m.register_forward_hook(count) for m in base.modules()]
+    try:
+        with torch.inference_mode():
+            base(torch.zeros(images, in_channels, size, size, device="meta"))
+    except (RuntimeError, NotImplementedError, ValueError):  # no meta kernel: nothing to say in advance
+        return
+    finally:
+        for h in hooks:
+            h.remove()
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if 2 * total > memory:  # the activations and a pruned copy's
+        raise SpecError([f"model: pruning is planned on {images} noise images of its teacher's model, whose outputs "
+                         f"need about {2 * total / 2**30:.0f} GB but this machine has {memory / 2**30:.0f} GB; "
+                         "lower the teacher's channels"])
+
+
+def _levels(arch) -> tuple[object, list[Prune]]:
+    """(the unpruned root architecture, the pruning settings applied to it, first first)."""
+    if arch.kind != "pruned":
+        return arch, []
+    root, levels = _levels(arch.base)
+    return root, levels + [arch.prune]
+
+
+def describe_pruned(arch: PrunedArch) -> str:
+    """`<root> pruned to width W`: W is the share of the root's channels kept (the product of every link's width),
+    then the blocks removed so far (once pruned) or the depth asked for (a plan)."""
+    root, levels = _levels(arch)
+    text = f"{describe(root)} pruned to width {math.prod(p.width for p in levels):.3g}"
+    removed, node = 0, arch
+    while node.kind == "pruned":
+        removed += len((node.record or {}).get("removed", []))
+        node = node.base
+    if removed:
+        return text + f", {removed} block{'s' if removed > 1 else ''} removed"
+    depth = min(p.depth for p in levels)
+    return text + (f", depth {depth:g}" if depth < 1 else "")
+
+
+def derive_pruned(arch: PrunedArch, derive: Derive):
+    """`derive` from a pruned teacher: its root family scaled by the widths and depths kept so far, times derive's."""
+    root, levels = _levels(arch)
+    width, depth = derive.width, derive.depth
+    for p in levels:
+        width, depth = width * p.width, depth * p.depth
+    return derive_arch(root, derive.model_copy(update={"width": width, "depth": depth}))
+
+
+@register("pruned", derive=derive_pruned, tap=lambda arch: default_tap(arch.base), describe=describe_pruned)
+def pruned_model(arch: PrunedArch, num_classes: int, in_channels: int) -> nn.Module:
+    if arch.record is None:
+        arch = planned(canonical_json(arch), num_classes, in_channels)
+    return replay(build_model(trainable(arch.base), num_classes, in_channels), arch.record)
+

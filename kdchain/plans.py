@@ -1,0 +1,82 @@
+"""What each generation's architecture is before a chain runs, as exactly as can be known now.
+
+A pruned student's shape depends on its teacher's trained weights (which blocks a depth prune removes), so
+`kdchain inspect` takes each generation's architecture from the best source at hand, in this order:
+- trained: the generation's own checkpoint in the workdir, trained under its current key (what `run` reuses);
+- from the trained teacher: its teacher's checkpoint is there, so the plan is made from those weights, on the
+  seeded batches training uses (kdchain.students.pruned_student: the very call training makes);
+- from initial weights: nothing trained yet; a width prune keeps the same channel counts whatever the weights, a
+  depth prune may remove other blocks once the teacher has trained (said so in the row).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdchain.checkpoints import CheckpointError, load_checkpoint, read_arch, teacher_source
+from kdchain.resolve import ResolvedGeneration, file_digest, generation_key, teacher_indices
+from kdchain.spec import ChainSpec
+from kdchain.workdir import generation_folder
+
+TRAINED, FROM_TEACHER, INITIAL = "trained", "pruned from the trained teacher", "planned on initial weights"
+
+
+@dataclass
+class KnownArch:
+    arch: object  # an Arch spec
+    source: str  # TRAINED, FROM_TEACHER or INITIAL for a pruned generation; "" for others (their shape is exact)
+    note: str = ""  # what a reader should know about the figures, "" when they are exact
+
+
+def trained_checkpoints(spec: ChainSpec, gens: list[ResolvedGeneration]) -> dict[int, Path]:
+    """index -> the checkpoint of each generation trained under its current key in the workdir, as far as the
+    chain has trained in order (a generation's key holds its teachers' weights). A searched generation's key
+    follows from its search's winner: the lookup stops there."""
+    found: dict[int, Path] = {}
+    if spec.teacher.from_ is not None:
+        found[0] = teacher_source(spec)
+    if not (Path(spec.workdir) / spec.name).is_dir():  # nothing trained (and the data need not be there yet)
+        return found
+    for g in gens[len(found):]:
+        if g.index > 0 and spec.generations[g.index - 1].search is not None:
+            break
+        teachers = teacher_indices(g) if g.index else []
+        if any(i not in found for i in teachers):
+            break
+        digest = "+".join(file_digest(found[i]) for i in teachers) or None
+        try:
+            checkpoint = generation_folder(spec.workdir, spec.name, g.index, g.name,
+                                           generation_key(spec, g, digest)) / "model.pt"
+            load_checkpoint(checkpoint)
+        except (CheckpointError, OSError):  # not trained, half written, or its data is not there: planned
+            break
+        found[g.index] = checkpoint
+    return found
+
+
+def known_archs(spec: ChainSpec, gens: list[ResolvedGeneration]) -> list[KnownArch]:
+    """Each generation's architecture from the best source at hand (see the module's text), teacher first."""
+    from kdchain.students import pruned_student
+    from kdchain.data import load_data
+
+    trained = trained_checkpoints(spec, gens)
+    out: list[KnownArch] = []
+    for g in gens:
+        if g.index in trained:
+            out.append(KnownArch(read_arch(trained[g.index]), TRAINED))
+            continue
+        arch = g.arch
+        if arch.kind != "pruned":
+            out.append(KnownArch(arch, ""))
+            continue
+        if g.index - 1 in trained:
+            teacher, teacher_arch, _ = load_checkpoint(trained[g.index - 1])
+            data = load_data(spec.data, spec.seed)
+            out.append(KnownArch(pruned_student(teacher, teacher_arch, arch, data, spec.seed + g.index)[1],
+                                 FROM_TEACHER))
+            continue
+        if g.index > 0 and out[-1].source in (TRAINED, FROM_TEACHER):
+            arch = arch.model_copy(update={"base": out[-1].arch})  # its teacher's shape is known: plan on it
+        depth = arch.prune.depth < 1
+        out.append(KnownArch(arch, INITIAL, "blocks chosen on initial weights; the trained teacher may keep others"
+                             if depth else ""))
+    return out

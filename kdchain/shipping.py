@@ -1,0 +1,70 @@
+"""What a generation ships: its ONNX file, checked against torch and timed, and its int8 model (`deploy.quantize`)
+scored on the test split beside it."""
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdchain.data import batches
+from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
+from kdchain.measure.quantize import Int8Result, int8_generation
+from kdchain.resolve import ResolvedGeneration, resolve_chain
+from kdchain.spec import ChainSpec, DeploySpec
+
+
+def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Tensor, eager_latency_ms: float,
+                   metrics: dict[str, float], measure: dict | None = None) -> str:
+    """ONNX beside the checkpoint, checked against torch on the test batch `check_x` and timed against torch eager
+    (whose batch-1 latency the profile has just measured); adds its metrics to `metrics`. On a real mismatch the
+    ONNX file is removed (nobody should deploy it), its difference still recorded, and the warning returned: the
+    trained generation itself stays good. Returns "" when the export checks out."""
+    try:
+        metrics.update(export_and_measure(model, input_shape, path, check_x, eager_latency_ms=eager_latency_ms,
+                                          **(measure or {})))  # `measure:` of the chain: onnx and speed on or off, budget
+        if getattr(model, "class_names", None) and Path(path).is_file():
+            label_onnx(path, model.class_names)
+        return ""
+    except ExportMismatch as e:
+        Path(path).unlink(missing_ok=True)
+        metrics["onnx_max_abs_diff"] = e.diff
+        return f"{e}; the ONNX file is left out"
+
+
+def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_path: Path,
+                        fp32_accuracy: float) -> Int8Result | None:
+    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without."""
+    deploy = gen.deploy
+    if not deploy.quantized:
+        return None
+    calibration = None
+    if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
+        sample = torch.Generator().manual_seed(spec.seed)
+        calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
+    test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
+    return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy)
+
+
+def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
+    tags = {"kdchain.int8.float_ops": int8.float_ops_text()}
+    if int8.flagged:
+        tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
+                                     f"fp32 (max_drop {max_drop:g})")
+    return tags
+
+
+def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:
+    """The int8 ONNX model a chain ships from `model`, quantized as its last generation's `deploy` says (static
+    when that says none), scored on the test split and timed."""
+    gen = resolve_chain(spec)[-1]
+    if not gen.deploy.quantized:
+        gen = replace(gen, deploy=DeploySpec(quantize="static"))
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = export_onnx(model, data.input_shape, Path(tmp) / "model.onnx")
+        if getattr(model, "class_names", None):  # the same file the chain ships: its outputs named
+            label_onnx(onnx, model.class_names)
+        result = quantize_generation(spec, gen, data, onnx, fp32_accuracy)
+    return {k: result.metrics[k] for k in ("test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8",
+                                           "size_bytes_int8")}
