@@ -61,7 +61,10 @@ def teacher_source(spec: ChainSpec, tracking_uri: str | None = None) -> Path | N
         from kdchain import tracking  # the only mlflow importer
 
         uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
-        return tracking.fetch_checkpoint(source, uri, Path(spec.workdir) / "sources")
+        try:
+            return tracking.fetch_checkpoint(source, uri, Path(spec.workdir) / "sources")
+        except tracking.CheckpointSourceError as e:  # a config mistake: the config's file and field name it
+            raise SpecError([str(e)]) from None
     path = Path(source).expanduser()
     if not path.is_file():
         raise SpecError([f"teacher.from: {source!r} is neither a models:/ or runs:/ URI nor an existing checkpoint "

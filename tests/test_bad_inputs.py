@@ -1,30 +1,27 @@
-"""Issue 18's bad inputs: each is refused by `validate` and by `run` with exit 2 and one line on stderr naming the
-file or field, no traceback, nothing in the store or the workdir, within 10 s; and the small message bugs."""
+"""Bad inputs: each is refused by `validate` and by `run` with exit 2 and one line on stderr naming the file or
+field, no traceback, nothing in the store or the workdir (no hang: `bench/bad_inputs.py` times them); and the small
+message bugs."""
 
 import contextlib
 import io
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-import kdchain.checks  # noqa: F401 -- imported once here: the 10 s below are the checks', not torch's import
-import kdchain.tracking  # noqa: F401
 from flows.cli import main
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
 
-def _cli(argv: list[str]) -> tuple[int, str, str, float]:
+def _cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    return code, out.getvalue(), err.getvalue(), time.perf_counter() - t0
+    return code, out.getvalue(), err.getvalue()
 
 
 def _text(tmp_path: Path) -> str:
@@ -53,6 +50,16 @@ def _tv_teacher(tmp_path: Path) -> str:
     for g in cfg["generations"]:
         g["student"] = {"kind": "cnn", "channels": [8]}
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def _text_only_images(tmp_path: Path) -> str:
+    """An image folder whose class folders hold text files only (beside tmp_path: nothing may be written in it)."""
+    root = tmp_path.parent / f"{tmp_path.name}-images"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            (root / c / f"{i}.txt").write_text("not an image")
+    return _set(tmp_path, ("data",), {"kind": "imagefolder", "root": str(root), "image_size": 8})
 
 
 BAD = {  # name: (the config file's bytes or text, what its one line must say)
@@ -97,6 +104,10 @@ BAD = {  # name: (the config file's bytes or text, what its one line must say)
                          "tracking.uri: cannot write the MLflow store sqlite:////proc/kdchain-store/mlflow.db (No such"),
     "misspelt derive field": (lambda t: _set(t, ("generations", 0, "student"), {"derive": {"widht": 0.5}}),
                               "generations.0.student.derive.widht: unknown key"),
+    "class folders of text files": (_text_only_images, "data.root: class folder(s) cat, dog under "),
+    "teacher from a store that does not exist": (
+        lambda t: _set(t, ("teacher",), {"from": "models:/nobody@champion"}),
+        "teacher.from: models:/nobody@champion: the MLflow store sqlite:///"),
     "torchvision teacher on 1-channel digits": (
         lambda t: _tv_teacher(t),
         "teacher.model: torchvision's resnet18 takes 3-channel images but the data has 1; use kind: cnn or resnet"),
@@ -107,24 +118,24 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_each_bad_input_is_one_line_exit_2_nothing_written_within_10_s(name, tmp_path, monkeypatch):
+def test_each_bad_input_is_one_line_exit_2_and_nothing_written(name, tmp_path, monkeypatch):
     monkeypatch.setenv("KDCHAIN_PREFECT_PRESTART", "0")  # a refusal must not need a Prefect server
     content, expected = BAD[name]
     data = content(tmp_path)
     path = tmp_path / "chain.yaml"
     path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
     for command in ("validate", "run"):
-        code, out, err, seconds = _cli([command, str(path)])
+        code, out, err = _cli([command, str(path)])
         lines = err.strip().splitlines()
         assert (code, out) == (2, ""), (command, code, out, err)
         assert len(lines) == 1 and expected in lines[0] and lines[0].startswith(f"{path}:"), (command, err)
-        assert "Traceback" not in err and seconds < 10, (command, seconds)
+        assert "Traceback" not in err
     assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.yaml"]  # no probe file left either
 
 
 def test_a_directory_given_as_config_is_named_as_one(tmp_path):
-    code, _, err, _ = _cli(["validate", str(tmp_path)])
+    code, _, err = _cli(["validate", str(tmp_path)])
     assert code == 2 and err.strip() == f"{tmp_path}: is a directory; give the chain's YAML file (e.g. {tmp_path}/chain.yaml)"
 
 
@@ -132,8 +143,8 @@ def test_a_tracking_uri_from_the_command_line_is_checked_too(tmp_path, monkeypat
     monkeypatch.setenv("KDCHAIN_PREFECT_PRESTART", "0")
     path = write_config(tmp_path, tiny_chain(tmp_path))
     port = free_port()
-    code, _, err, seconds = _cli(["run", str(path), "--tracking-uri", f"http://127.0.0.1:{port}"])
-    assert code == 2 and seconds < 10
+    code, _, err = _cli(["run", str(path), "--tracking-uri", f"http://127.0.0.1:{port}"])
+    assert code == 2
     assert err.strip().startswith(f"kdchain: tracking server http://127.0.0.1:{port} did not answer (Connection refused)")
     assert not (tmp_path / "work").exists()
 
@@ -142,11 +153,11 @@ def test_validate_says_what_it_checked_and_schema_only_keeps_the_old_check(tmp_p
     cfg = tiny_chain(tmp_path, device="cuda") if not torch.cuda.is_available() else tiny_chain(tmp_path)
     cfg["workdir"] = "/proc/kdchain-work"
     path = write_config(tmp_path, cfg)
-    code, out, err, _ = _cli(["validate", "--schema-only", str(path)])
+    code, out, err = _cli(["validate", "--schema-only", str(path)])
     assert (code, out.strip(), err) == (0, "OK", "")
-    code, out, err, _ = _cli(["validate", str(path)])
+    code, out, err = _cli(["validate", str(path)])
     assert code == 2 and "workdir: cannot write /proc/kdchain-work" in err
-    code, out, _, _ = _cli(["validate", str(write_config(tmp_path, tiny_chain(tmp_path), "good.yaml"))])
+    code, out, _ = _cli(["validate", str(write_config(tmp_path, tiny_chain(tmp_path), "good.yaml"))])
     assert code == 0 and out.startswith("OK: ") and "workdir and MLflow store writable" in out
     assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()
 
@@ -165,15 +176,14 @@ def test_ui_on_a_busy_port_says_so_and_exits_2(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--no-browser", "--port", str(port),
-                            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().startswith(f"kdchain ui: port {port} on 127.0.0.1 is already in use")
+        code, out, err = _cli(["ui", "--no-browser", "--port", str(port), "--tracking-uri",
+                               f"sqlite:///{tmp_path}/mlflow.db"])
+    assert (code, out) == (2, "")
+    assert err.strip().startswith(f"kdchain ui: port {port} on 127.0.0.1 is already in use")
 
 
 def test_a_workdir_failure_is_not_called_a_store_failure_and_oom_hints_fit_the_model(tmp_path):
-    from kdchain.chain import resource_error
+    from kdchain.resources import resource_error
     from kdchain.tracking import as_store_error
 
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
@@ -199,12 +209,41 @@ def test_torchs_kernel_reregistration_warning_never_precedes_our_line():
 @pytest.mark.parametrize("uri", ["foo://bar", "http://127.0.0.1:{port}"])
 def test_compare_on_an_unusable_tracking_uri_is_one_line_not_a_wait(uri):
     uri = uri.format(port=free_port())
-    code, out, err, seconds = _cli(["compare", "--tracking-uri", uri])
-    assert (code, out) == (2, "") and seconds < 10
+    code, out, err = _cli(["compare", "--tracking-uri", uri])
+    assert (code, out) == (2, "")
     assert len(err.strip().splitlines()) == 1 and err.startswith("kdchain compare: tracking ") and uri in err
 
 
 def test_a_key_given_twice_in_a_set_value_is_refused_too(tmp_path):
     path = write_config(tmp_path, tiny_chain(tmp_path))
-    code, _, err, _ = _cli(["validate", str(path), "--set", "teacher.train={epochs: 1, epochs: 2}"])
+    code, _, err = _cli(["validate", str(path), "--set", "teacher.train={epochs: 1, epochs: 2}"])
     assert code == 2 and err.strip() == "--set teacher.train: key 'epochs' is given twice; keep one"
+
+
+def test_a_named_pipe_given_as_config_is_named_as_one_and_never_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "chain.yaml"
+    os.mkfifo(fifo)  # opening it to read would block until a writer comes
+    code, out, err = _cli(["validate", str(fifo)])
+    assert (code, out) == (2, "")
+    assert err.strip() == f"{fifo}: is not a regular file (a named pipe); give the chain's YAML file"
+
+
+def test_validate_reports_the_images_run_would_skip(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), colour).save(root / c / f"{i}.png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    cfg = tiny_chain(tmp_path)
+    cfg["data"] = {"kind": "imagefolder", "root": str(root), "image_size": 8}
+    cfg["teacher"]["model"]["channels"] = [8]
+    code, out, err = _cli(["validate", str(write_config(tmp_path, cfg))])
+    assert (code, err) == (0, ""), err
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "1 file(s) under" in notes[0] and "notes.txt" in notes[0], out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "work").exists()

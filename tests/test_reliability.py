@@ -4,13 +4,12 @@ The subprocess tests run `python -m flows.cli run` for real. They talk to the se
 (PREFECT_API_URL) instead of each starting a temporary one: the same real server, 10-15 s cheaper per process.
 """
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from kdchain.distill import fit, load_train_state
 from kdchain.distill.losses import DistillLoss
 from kdchain.models import build_model
 from kdchain.spec import CeLoss, CnnArch, DigitsData, TrainSpec
-from kdchain.tracking import GENERATION, KIND, SUPERSEDED
+from kdchain.tracking import GENERATION, KIND, SUPERSEDED, TEACHER_RUN
 from tests.conftest import ROOT, tiny_chain, write_config
 
 
@@ -66,9 +65,13 @@ def epoch_steps(client: MlflowClient, run_id: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------- kill -9, corrupt
 
 
-def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_retrained(tmp_path, cli_env):
+def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_retrained(tmp_path, cli_env, capfd):
+    """The killed run is a `kdchain run` process; the reruns run in this process (the same command, without its
+    seconds of imports)."""
     cfg = tiny_chain(tmp_path, name="killme", epochs=1)
     cfg["generations"][1]["train"]["epochs"] = 4
+    # one thread: A retrained after its checkpoint is lost (step 3) gets the same weights, so B is reused
+    cfg["generations"][0]["train"]["threads"] = 1
     path = write_config(tmp_path, cfg)
 
     # 1. killed with SIGKILL once B has logged its second epoch (lines are printed per epoch off a terminal)
@@ -89,8 +92,9 @@ def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_
     assert client.get_run(killed_run).info.status == "RUNNING"  # what a kill leaves behind
 
     # 2. the same command again: teacher and A reused, B continues after its last finished epoch, in the same run
-    code, out, err = finish(cli(["run", str(path)], cli_env))
-    assert code == 0, out + err
+    capfd.readouterr()
+    assert main(["run", str(path)]) == 0
+    out, err = capfd.readouterr()
     assert "Traceback" not in out + err
     assert re.search(r"teacher already trained in an earlier run: reused", out), out
     assert re.search(r"A already trained in an earlier run: reused", out), out
@@ -115,8 +119,8 @@ def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_
     ckpt = a_dir / "model.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     old_a = next(r for r in finished if r.data.tags[GENERATION] == "1").info.run_id
-    code, out, err = finish(cli(["run", str(path)], cli_env))
-    assert code == 0, out + err
+    assert main(["run", str(path)]) == 0
+    out, err = capfd.readouterr()
     notes = [line for line in out.splitlines() if "cannot be used" in line]
     assert len(notes) == 1 and notes[0].startswith(f"A: checkpoint {ckpt} cannot be used"), out
     assert "retraining A" in notes[0]
@@ -127,17 +131,20 @@ def test_kill_9_mid_generation_resumes_the_same_run_and_a_corrupt_checkpoint_is_
     assert indices == [0, 1, 2, 3], indices
     assert client.get_run(old_a).data.tags[SUPERSEDED] != old_a
     assert len([r for r in runs if r.data.tags.get(KIND) == "chain"]) == 1
+    # B, reused (A's new weights are its old ones), names the run whose weights taught it: the new A's
+    assert "B already trained in an earlier run: reused" in out, out
+    new_a = next(r for r in counted if r.data.tags[GENERATION] == "1").info.run_id
+    b_now = next(r for r in counted if r.data.tags[GENERATION] == "2")
+    assert new_a != old_a and b_now.data.tags[TEACHER_RUN] == new_a
 
     # `kdchain compare` reads back the new A, once
-    code, out, err = finish(cli(["compare", "--tracking-uri", cfg["tracking"]["uri"], "--json"], cli_env))
-    assert code == 0, err
-    import json
-
-    rows = json.loads(out)["generations"]
+    assert main(["compare", "--tracking-uri", cfg["tracking"]["uri"], "--json"]) == 0
+    rows = json.loads(capfd.readouterr().out)["generations"]
     assert [r["name"] for r in rows] == ["teacher", "A", "B", "C"]
     assert rows[1]["run_id"] != old_a
 
 
+@pytest.mark.slow  # about 40 s: two `kdchain run` processes, one killed
 def test_a_resume_state_that_no_longer_fits_trains_again_in_a_new_run(tmp_path, cli_env):
     cfg = tiny_chain(tmp_path, name="refit", epochs=1)
     cfg["generations"] = cfg["generations"][:1]
@@ -165,12 +172,13 @@ def test_a_resume_state_that_no_longer_fits_trains_again_in_a_new_run(tmp_path, 
 # ---------------------------------------------------------------------------------------------- divergence
 
 
-def test_a_nan_loss_stops_the_chain_and_registers_nothing(tmp_path, cli_env):
+def test_a_nan_loss_stops_the_chain_and_registers_nothing(tmp_path, prefect_harness, capfd):
     cfg = tiny_chain(tmp_path, name="diverge", epochs=1)
     # a learning rate this high overflows the weights within the first epoch
     cfg["generations"][0]["train"]["lr"] = 1e30
     path = write_config(tmp_path, cfg)
-    code, out, err = finish(cli(["run", str(path)], cli_env))
+    code = main(["run", str(path)])
+    out, err = capfd.readouterr()
     assert code == 1, out + err
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
@@ -189,6 +197,7 @@ def test_a_nan_loss_stops_the_chain_and_registers_nothing(tmp_path, cli_env):
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
+@pytest.mark.slow  # about 30 s: two `kdchain run` processes at once
 def test_two_chains_started_together_on_one_fresh_store_both_finish_intact(tmp_path, cli_env):
     uri = f"sqlite:///{tmp_path / 'shared-store' / 'mlflow.db'}"
     procs = {}

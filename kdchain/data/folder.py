@@ -161,8 +161,10 @@ class StreamSplit:
                 yield self.transform(x.to(self.device)), y.to(self.device)
 
 
-@register("imagefolder", shape=_folder_shape, fingerprint=lambda spec: files_fingerprint(spec.root))  # a growing folder retrains
-def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
+def readable_files(spec: ImageFolderData) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[str]]:
+    """(classes, {split or "all": [(file, label)]} of the files PIL can open, skipped "path (reason)"); a
+    SpecError when a class has no readable (training) image or too few images are left to split. Headers only:
+    no image is decoded."""
     classes, files = folder_layout(spec)
     all_items = [it for items in files.values() for it in items]
     verdicts = list(ThreadPoolExecutor(max(1, spec.workers)).map(_verify, [p for p, _ in all_items]))
@@ -172,18 +174,48 @@ def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
     readable = {c for p, c in files.get("train", files.get("all", []))}
     unreadable = [name for c, name in enumerate(classes) if c not in readable]
     if unreadable:
-        report_skipped(spec.root, skipped)
-        raise SpecError([f"data.root: class folder(s) {', '.join(unreadable)} under {spec.root} have no readable "
-                         "image (see the warnings above); add images PIL can open or remove the folder"])
+        example = f", e.g. {skipped[0]}" if skipped else ""
+        raise SpecError([f"data.root: class folder(s) {', '.join(unreadable)} under {spec.root} have no image PIL "
+                         f"can open ({len(skipped)} unreadable file(s){example}); add images or remove the folder"])
+    base = files.get("train", files.get("all", []))
+    if ("val" not in files or "test" not in files) and len(base) < 3 * len(classes):
+        raise SpecError([f"data.root: {spec.root} has {len(base)} readable images for {len(classes)} classes; "
+                         "add images or give val/ and test/ subfolders"])
+    return classes, files, skipped
 
+
+def folder_problem(spec: ImageFolderData) -> str | None:
+    """What `validate` and `run` refuse before anything starts: no folder, no classes, classes without a readable
+    image; None when the folder can train."""
+    try:
+        readable_files(spec)
+    except SpecError as e:
+        return e.lines[0]
+    return None
+
+
+def folder_notes(spec: ImageFolderData) -> list[str]:
+    """What `validate` says beside its OK: the files a run will skip."""
+    try:
+        skipped = readable_files(spec)[2]
+    except SpecError:
+        return []
+    if not skipped:
+        return []
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return [f"data.root: {len(skipped)} file(s) under {spec.root} are no image PIL can open and will be skipped: "
+            + "; ".join(skipped[:3]) + more]
+
+
+@register("imagefolder", shape=_folder_shape, check=folder_problem, notes=folder_notes,
+          fingerprint=lambda spec: files_fingerprint(spec.root))  # a growing folder retrains
+def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
+    classes, files, skipped = readable_files(spec)
     # the splits: given by subfolders, or stratified fractions of everything (or of train/ when val/ or test/ lack)
     base = files.get("train", files.get("all", []))
     labels = np.array([c for _, c in base])
     need_val, need_test = "val" not in files, "test" not in files
     if need_val or need_test:
-        if len(base) < 3 * len(classes):
-            raise SpecError([f"data.root: {spec.root} has {len(base)} readable images for {len(classes)} classes; "
-                             "add images or give val/ and test/ subfolders"])
         tr, va, te = stratified_split(labels, spec.split.val, spec.split.test, seed)
         if not need_test:  # val from train, test given: fold the test share back into train
             tr = np.concatenate([tr, te])

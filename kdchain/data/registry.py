@@ -62,13 +62,16 @@ LOADERS: dict[str, Callable[[DataSpec, int], DataBundle]] = {}
 SHAPES: dict[str, Callable[[DataSpec], tuple[tuple[int, int, int], int]]] = {}
 CHECKS: dict[str, Callable[[DataSpec], str | None]] = {}
 FINGERPRINTS: dict[str, Callable[[DataSpec], str]] = {}
+NOTES: dict[str, Callable[[DataSpec], list[str]]] = {}
 
 
 def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]],
              check: Callable[[DataSpec], str | None] | None = None,
-             fingerprint: Callable[[DataSpec], str] | None = None):
+             fingerprint: Callable[[DataSpec], str] | None = None,
+             notes: Callable[[DataSpec], list[str]] | None = None):
     """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`;
-    `check(spec)` -> None, or one sentence saying which files are missing and where they go;
+    `check(spec)` -> None, or one sentence saying which files are missing or unusable and what to do;
+    `notes(spec)` -> what `validate` says beside its OK (files a run will skip);
     `fingerprint(spec)` -> a string that changes when the data behind the spec changes (files added, edited):
     the spec alone does not say that an image folder grew."""
     def wrap(fn):
@@ -78,12 +81,18 @@ def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], 
             CHECKS[kind] = check
         if fingerprint is not None:
             FINGERPRINTS[kind] = fingerprint
+        if notes is not None:
+            NOTES[kind] = notes
         return fn
     return wrap
 
 
 def missing_data(spec: DataSpec) -> str | None:
     return CHECKS[spec.kind](spec) if spec.kind in CHECKS else None
+
+
+def data_notes(spec: DataSpec) -> list[str]:
+    return NOTES[spec.kind](spec) if spec.kind in NOTES else []
 
 
 def data_fingerprint(spec: DataSpec) -> str:

@@ -2,6 +2,7 @@
 dotted field path and what is expected; `--set` overrides are applied to the raw mapping first."""
 
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,10 @@ def read_config_text(path: Path) -> str:
     """The file's text as UTF-8, or a SpecError saying what the file is instead."""
     if path.is_dir():
         raise SpecError([f"{path}: is a directory; give the chain's YAML file (e.g. {path}/chain.yaml)"])
-    if not path.is_file():
+    if not path.exists():
         raise SpecError([f"{path}: no such config file"])
+    if not path.is_file():  # a named pipe, a device, a socket: reading it could block or never end
+        raise SpecError([f"{path}: is not a regular file ({_file_kind(path)}); give the chain's YAML file"])
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -150,6 +153,13 @@ def read_config_text(path: Path) -> str:
         line = raw[: e.start].count(b"\n") + 1
         raise SpecError([f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 (a Latin-1 or Windows "
                          "character?); save the file as UTF-8"]) from None
+
+
+def _file_kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    kinds = [(stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> ChainSpec:

@@ -29,11 +29,22 @@ class CheckpointSourceError(Exception):
     """A `teacher.from` URI that does not lead to a kdchain checkpoint; the message says why."""
 
 
+def _store_holds_models(source: str, uri: str) -> None:
+    """A store that does not exist yet holds no model: say so, and do not create it by looking."""
+    from kdchain.tracking.store import store_exists
+
+    if not store_exists(uri):
+        raise CheckpointSourceError(f"teacher.from: {source}: the MLflow store {uri} does not exist yet, so it holds "
+                                    "no model; train a chain into it first, or point tracking.uri (or "
+                                    "--tracking-uri) at the store that holds the model")
+
+
 def pin_model_uri(source: str, uri: str) -> str:
     """models:/<name>@<alias> -> models:/<name>/<version it points at now>."""
     name, alias, version = _parse_model_uri(source)
     if alias is None:
         return source
+    _store_holds_models(source, uri)
     mv = alias_version(uri, name, alias)
     if mv is None:
         raise CheckpointSourceError(f"teacher.from: {source}: the model {name!r} has no alias {alias!r} in {uri} "
@@ -50,6 +61,7 @@ def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
     target = Path(cache_dir) / safe / "model.pt"
     if target.is_file():
         return target
+    _store_holds_models(source, uri)
     client = MlflowClient(uri)
     try:
         run_id = _source_run(client, source)
