@@ -18,6 +18,11 @@ import pytest
 from tests.conftest import ROOT, tiny_chain, write_config
 from tests.test_reliability import cli_env, epoch_steps, finish, gen_runs, runs_of, store  # noqa: F401
 
+# about 4 minutes: each test starts `kdchain run` with its own temporary Prefect server, as a new user's
+# terminal does, and signals it; `make test-all`
+pytestmark = pytest.mark.slow
+
+
 LINE = "kdchain: interrupted; run the same command again to resume (finished generations are kept)"
 
 
@@ -89,20 +94,16 @@ def training(tmp_path: Path, name: str, env: dict) -> tuple[dict, subprocess.Pop
     return cfg, proc, descendants(proc.pid)
 
 
-def test_ctrl_c_to_the_process_group_ends_the_run_in_5_s_and_the_rerun_resumes(tmp_path, temp_server_env,
-                                                                                cli_env):
+def test_ctrl_c_to_the_process_group_ends_the_run_and_the_rerun_resumes(tmp_path, temp_server_env, cli_env):
     cfg = slow_chain(tmp_path, "ctrlc", epochs=40)
     path = write_config(tmp_path, cfg)
     proc = start(path, temp_server_env)
     until_epoch(proc, r"\s*teacher epoch 3/40")
     tree = descendants(proc.pid)
     assert tree, "the temporary Prefect server is a child of kdchain"
-    t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    code, out, err = finish(proc, timeout=30)
-    took = time.monotonic() - t0
+    code, out, err = finish(proc, timeout=30)  # a hang guard; bench/interrupts.py times it (about 1 s)
     assert code == 130, out + err
-    assert took < 5, f"{took:.1f} s\n{out}\n{err}"
     assert err.strip().splitlines() == [LINE], err
     assert "Traceback" not in out + err
     time.sleep(0.5)
@@ -126,10 +127,9 @@ def test_ctrl_c_to_the_process_group_ends_the_run_in_5_s_and_the_rerun_resumes(t
 
 def test_sigterm_ends_the_run_with_143(tmp_path, temp_server_env):
     cfg, proc, tree = training(tmp_path, "term", temp_server_env)
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)  # kdchain alone, as a service manager or `kill` sends it
-    code, out, err = finish(proc, timeout=30)
-    assert code == 143 and time.monotonic() - t0 < 5, out + err
+    code, out, err = finish(proc, timeout=30)  # a hang guard; bench/interrupts.py times it
+    assert code == 143, out + err
     assert err.strip().splitlines() == [
         "kdchain: stopped by SIGTERM; run the same command again to resume (finished generations are kept)"], err
     time.sleep(0.5)
@@ -149,19 +149,17 @@ def test_kill_9_leaves_no_process_of_its_tree(tmp_path, temp_server_env):
 
 
 @pytest.mark.parametrize("how", ["killed", "hung"])
-def test_a_lost_prefect_server_ends_the_run_in_30_s_with_one_line(tmp_path, temp_server_env, how):
+def test_a_lost_prefect_server_ends_the_run_with_one_line(tmp_path, temp_server_env, how):
     """Killed: connections are refused. Hung (SIGSTOP): connections are accepted and never answered, which Prefect's
     client would wait on for minutes; kdchain gives it KDCHAIN_SERVER_HUNG_S (90 s by default, 8 s here)."""
     cfg, proc, server = training(tmp_path, f"lost-{how}", {**temp_server_env, "KDCHAIN_SERVER_HUNG_S": "8"})
-    t0 = time.monotonic()
     for pid in server:
         os.kill(pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
     try:
-        code, out, err = finish(proc, timeout=60)
+        code, out, err = finish(proc, timeout=60)  # a hang guard; bench/interrupts.py times it
     finally:  # a stopped server that kdchain failed to end must not outlive the test
         for pid in alive(server):
             os.kill(pid, signal.SIGKILL)
-    assert time.monotonic() - t0 < 30, out + err
     assert code == 1, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and re.match(r"kdchain: the Prefect server at http://127.0.0.1:\d+/api stopped answering; "

@@ -12,23 +12,25 @@ from tests.conftest import tiny_chain
 
 
 class Slow(nn.Module):
-    """A 10-class model that takes 0.2 s an image, like VGG19 at 224x224 on a busy CPU."""
+    """A 10-class model that takes 0.2 s an image, like VGG19 at 224x224 on a busy CPU; it counts its images."""
 
     def __init__(self):
         super().__init__()
         self.head = nn.Linear(4, 10)
+        self.images = 0
 
     def forward(self, x):
+        self.images += x.shape[0]
         time.sleep(0.2 * x.shape[0])
         return self.head(x.flatten(1))
 
 
 def test_a_slow_model_is_timed_within_the_budget():
-    t0 = time.perf_counter()
-    metrics = export_and_measure(Slow(), (1, 2, 2), None, torch.zeros(8, 1, 2, 2), onnx=False, budget_s=2.0)
-    seconds = time.perf_counter() - t0
-    # batch 1 latency and batch-N throughput, each within its 2 s budget plus one call; 64 images would be 13 s
-    assert seconds < 8, seconds
+    slow = Slow()
+    metrics = export_and_measure(slow, (1, 2, 2), None, torch.zeros(8, 1, 2, 2), onnx=False, budget_s=2.0)
+    # batch-1 latency and batch-N throughput, each within its 2 s budget plus one call: about 10 + 10 images
+    # (the default 30 timed runs, and throughput at batch 64, would be hundreds of images: over a minute)
+    assert slow.images <= 40, slow.images
     assert metrics["latency_ms"] >= 200 and metrics["throughput_batch"] == 2
     assert 3 < metrics["throughput_ips"] <= 5
     assert "latency_ms_onnx" not in metrics and "onnx_max_abs_diff" not in metrics
