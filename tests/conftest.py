@@ -45,6 +45,41 @@ def write_config(tmp_path: Path, cfg: dict, filename: str = "chain.yaml") -> Pat
     return path
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that run a Prefect flow (they use the session's Prefect server) are marked `flow`: `make test-fast`
+    leaves them out."""
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flow)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow store that MLflow itself created and migrated, with nothing in it: its migrations take about 3 s
+    a store on a 2-core machine, so tests that run flows start from a copy of this one (`seeded_store`)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
+def seed_store(folder: Path, empty: Path) -> None:
+    """`folder`/store/mlflow.db (where `tiny_chain` points) as a copy of the empty store."""
+    import shutil
+
+    (folder / "store").mkdir(exist_ok=True)
+    shutil.copyfile(empty, folder / "store" / "mlflow.db")
+
+
+@pytest.fixture(autouse=True)
+def seeded_store(request, tmp_path):
+    """A test that runs a flow finds `tiny_chain`'s store (tmp_path/store/mlflow.db) already created: a copy of
+    `empty_store`. Tests that assert the store is never created are marked `no_seeded_store`."""
+    if "prefect_harness" in request.fixturenames and not request.node.get_closest_marker("no_seeded_store"):
+        seed_store(tmp_path, request.getfixturevalue("empty_store"))
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -194,6 +194,7 @@ def test_imagefolder_skips_corrupt_files_and_streams_when_over_budget(png_root, 
     assert len(result.history) == 1 and result.history[0].train_loss > 0
 
 
+@pytest.mark.slow  # about 20 s: two chains, on CIFAR-10 files and a PNG folder
 def test_one_epoch_chains_on_cifar_files_and_png_folder(prefect_harness, tmp_path, cifar_root, png_root):
     from flows.chain import distill_chain
 

@@ -16,16 +16,17 @@ import urllib.request
 import pytest
 
 from scripts.headless import Chromium, chromium_path
-from tests.conftest import ROOT, free_port, tiny_chain, write_config
+from tests.conftest import ROOT, free_port, seed_store, tiny_chain, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, prefect_harness):
+def chain(tmp_path_factory, prefect_harness, empty_store):
     from flows.chain import distill_chain
 
     tmp = tmp_path_factory.mktemp("ui")
+    seed_store(tmp, empty_store)
     cfg = tiny_chain(tmp, epochs=1)
     result = distill_chain(str(write_config(tmp, cfg)))
     return result, cfg
@@ -73,6 +74,7 @@ def _artifacts(base: str, run_id: str, path: str = "") -> set[str]:
     return {f["path"] for f in files}
 
 
+@pytest.mark.slow  # about 25 s: `kdchain ui` starts a real `mlflow server` and waits for it
 def test_the_mlflow_server_shows_the_chain(chain, server):
     result, cfg = chain
     base, lines = server
@@ -184,6 +186,7 @@ def test_compare_one_run_all_runs_json_csv(chain, capsys):
     assert "is not a chain run" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # headless Chromium renders the MLflow UI
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (apt-get install chromium) to load the UI")
 def test_the_printed_generations_link_shows_them_at_first_sight(chain, server):
     """What a person sees on opening the link `kdchain ui` prints, in headless Chromium, without a click: the

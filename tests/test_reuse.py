@@ -96,6 +96,7 @@ def test_change_c_trains_only_c_add_d_trains_only_d_fresh_b_retrains_b_and_c_and
     assert trained(again) == [] and again.reused == NAMES
 
 
+@pytest.mark.slow  # about 35 s: three `kdchain run` processes, one killed
 def test_a_kill_right_after_the_last_epoch_is_saved_trains_nothing_again(tmp_path, cli_env):
     """The generation's end is a transaction: killed right after B's last epoch state is written (before the
     epoch is logged), the rerun trains 0 epochs of B, logs each step once and registers one version. (The hook's
@@ -133,6 +134,7 @@ def _read_until(proc, pattern: str, timeout: float = 120) -> str:
     return "".join(seen)
 
 
+@pytest.mark.slow  # about 25 s: two `kdchain run` processes at once
 def test_the_same_chain_twice_at_once_trains_once(tmp_path, cli_env):
     cfg = tiny_chain(tmp_path, name="twice", epochs=2)
     path = write_config(tmp_path, cfg)
@@ -153,6 +155,7 @@ def test_the_same_chain_twice_at_once_trains_once(tmp_path, cli_env):
     assert len(client.search_model_versions("name = 'twice-student'")) == 1
 
 
+@pytest.mark.slow  # about 55 s: four `kdchain run` processes, one killed
 def test_two_chains_sharing_a_teacher_train_it_once_and_a_killed_trainer_is_taken_over(tmp_path, cli_env):
     """Chains that differ in C, on one fresh store: the first trains the teacher and is killed right after its
     last epoch while the second waits for it; the second then finishes the teacher (0 epochs again, from the

@@ -16,6 +16,10 @@ import pytest
 
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
+# about 2 minutes: a real `prefect server start` and a cron schedule that fires twice; `make test-all`
+pytestmark = pytest.mark.slow
+
+
 NAME = "sched"
 MODEL = f"{NAME}-student"
 DEPLOYMENT = "sched-retrain"

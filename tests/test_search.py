@@ -49,6 +49,7 @@ def test_ray_without_prefect_ray_is_one_clear_line(tmp_path):
         check_chain(spec_from_dict(search_chain(tmp_path, {"kind": "ray"})))
 
 
+@pytest.mark.slow  # about 35 s: a local Dask cluster of worker processes
 def test_search_on_local_dask_cluster(tmp_path, prefect_harness):
     from distributed import Client, LocalCluster
 

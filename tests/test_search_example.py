@@ -65,6 +65,7 @@ def test_search_with_a_feature_loss_on_two_threads_finishes(tmp_path, prefect_ha
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
 
 
+@pytest.mark.slow  # about 65 s: a Dask cluster of worker processes and a temporary Prefect server
 def test_dask_search_with_no_kept_prefect_server_finishes(tmp_path):
     """No PREFECT_API_URL: the run's temporary server is handed to the local Dask workers."""
     cfg = feature_search(tmp_path, {"kind": "dask", "workers": 2})

@@ -12,6 +12,10 @@ import pytest
 from scripts.headless import Chromium, chromium_path
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
+# about 45 s: `kdchain server start` on a free port, a run on it, the UI in Chromium; `make test-all`
+pytestmark = pytest.mark.slow
+
+
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory):

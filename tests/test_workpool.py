@@ -10,9 +10,14 @@ import sys
 import time
 
 import httpx
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
+
+# about 80 s: a server, a work pool, a worker and a deployment, as the README's procedure; `make test-all`
+pytestmark = pytest.mark.slow
+
 
 MARKER = "<!-- work-pool procedure: tests/test_workpool.py runs this block -->"
 
