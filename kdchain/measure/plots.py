@@ -132,12 +132,18 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
                         color="white" if v > peak / 2 else "black")
-    ax.set_xticks(range(n), labels=class_names, rotation=45 if max(map(len, class_names), default=0) > 2 else 0)
+    longest = max(map(len, class_names), default=1)
+    ax.set_xticks(range(n), labels=class_names, rotation=45 if longest > 2 else 0)
     ax.set_yticks(range(n), labels=class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
+    # margins from the longest label (about 0.08 inch a character at 10 pt): tight_layout, which measures every
+    # text by drawing it, took half of a generation's logging time
+    width, height = fig.get_size_inches()
+    label = 0.45 + 0.08 * longest
+    fig.subplots_adjust(left=label / width, bottom=(0.45 + 0.06 * longest * (longest > 2)) / height,
+                        right=1 - 0.55 / width, top=1 - 0.45 / height)
     return fig
 
 
