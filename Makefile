@@ -23,14 +23,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/kdchain run configs/digits-chain.yaml
 
+# one pytest worker per core (at most 4), each test file on one worker: its module fixtures are built once
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not flow"
+	$(PYTEST) -m "not slow and not flow"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 clean:
 	rm -rf mlruns/* .pytest_cache

@@ -9,14 +9,15 @@ import argparse
 import statistics
 
 import torch
-
 from _common import DEFAULT_CONFIG
-from kdchain.students import build_loss
-from kdchain.resolve import resolve_chain
+
 from kdchain.data import load_data
 from kdchain.distill import fit
+from kdchain.losses.ce import CeLoss
 from kdchain.models import build_model
-from kdchain.spec import CeLoss, load_spec
+from kdchain.resolve import resolve_chain
+from kdchain.spec import load_spec
+from kdchain.students import build_loss
 
 
 def main() -> None:

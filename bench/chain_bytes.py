@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from _common import DEFAULT_CONFIG, ENV, cli_run
 
-
 WEIGHTS = {"workdir: checkpoints", "workdir: onnx", "mlflow: logged model weights", "mlflow: checkpoint artifacts",
            "mlflow: onnx artifacts"}
 

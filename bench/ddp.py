@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import DEFAULT_CONFIG
+
 from kdchain.chain import train_generation
 from kdchain.data import load_data
 from kdchain.distill import free_cores

@@ -14,14 +14,14 @@ prints the images/s of each and their ratio (bench/ddp.py's measurement). `--ddp
 import argparse
 
 import torch
-
 from _common import DEFAULT_CONFIG
-from kdchain.students import build_loss
-from kdchain.resolve import resolve_chain
-from kdchain.data import LOADERS, load_data
+
+from kdchain.data import load_data
 from kdchain.distill import fit, use_bf16
 from kdchain.models import build_model
-from kdchain.spec import load_spec
+from kdchain.resolve import resolve_chain
+from kdchain.spec import SOURCES, load_spec
+from kdchain.students import build_loss
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--ddp-only", action="store_true", help="only the 1 vs all GPUs comparison")
     args = ap.parse_args()
-    kind = args.data if args.data in LOADERS else "digits"
+    kind = args.data if args.data in SOURCES else "digits"
     overrides = [f"data.kind={kind}", f"data.image_size={args.size}", f"device={args.device}"]
     spec = load_spec(args.config, overrides)
     gens = resolve_chain(spec)

@@ -11,10 +11,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import _common  # noqa: F401  (this checkout's packages first)
 import numpy as np
 import torch
 
-import _common  # noqa: F401  (this checkout's packages first)
 from kdchain.measure.export import export_onnx, ort_session
 from kdchain.measure.quantize import onnx_speed, quantize_onnx
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from _common import DEFAULT_CONFIG, ROOT
+
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import batches, load_data
 from kdchain.measure.export import export_onnx, measure_speed

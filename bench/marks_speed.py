@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from kdchain.data.marks import generate
+from kdchain.data.sources.marks import generate
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--count", type=int, default=20000)

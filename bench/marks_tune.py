@@ -7,10 +7,13 @@ import time
 import torch
 
 from kdchain.data import load_data
+from kdchain.data.sources.marks import MarksData
 from kdchain.distill import evaluate, fit
 from kdchain.distill.losses import DistillLoss
+from kdchain.losses.ce import CeLoss
 from kdchain.models import build_model, count_params
-from kdchain.spec import CeLoss, CnnArch, MarksData, TrainSpec
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec import TrainSpec
 
 MODELS = {"mid": CnnArch(channels=[32, 64, 128], convs_per_stage=2), "small": CnnArch(channels=[16, 32, 48])}
 

@@ -17,18 +17,18 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import DEFAULT_CONFIG
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from _common import DEFAULT_CONFIG
-from kdchain.students import training_sample
-from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
 from kdchain.distill import free_cores
 from kdchain.models import build_model
 from kdchain.models.prune import prune_model
+from kdchain.resolve import resolve_chain
 from kdchain.spec import PrunedArch, load_spec
+from kdchain.students import training_sample
 
 
 class DigitsDataset(Dataset):
@@ -66,7 +66,7 @@ def datasets(data, data_spec):
     """(train, test) Datasets serving the kdchain data bundle's splits the plain way."""
     if data.train.x.dtype != torch.uint8:  # digits: normalised float tensors already
         return DigitsDataset(data.train.x, data.train.y), DigitsDataset(data.test.x, data.test.y)
-    norm = data.train.transform  # kdchain.data.folder.Normalise: the same mean and std
+    norm = data.train.transform  # kdchain.data.sources.imagefolder.Normalise: the same mean and std
     tail = [transforms.ToTensor(), transforms.Normalize(norm.mean.flatten().tolist(), norm.std.flatten().tolist())]
     aug = getattr(data_spec, "augment", None)
     head = []

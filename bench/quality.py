@@ -26,9 +26,8 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from _common import ROOT  # noqa: E402
-
 import yaml  # noqa: E402
+from _common import ROOT  # noqa: E402
 
 from kdchain.resolve import resolve_chain  # noqa: E402
 from kdchain.spec import SearchRunner, SweepSpec, apply_override, spec_from_dict  # noqa: E402

@@ -17,13 +17,13 @@ import torch
 from _common import ROOT
 from torchvision.models import vgg19
 
-from kdchain.students import build_loss
 from kdchain.data.images import make_normalise
-from kdchain.data.registry import DataBundle, Split
+from kdchain.data.splits import DataBundle, Split
 from kdchain.distill import fit
 from kdchain.models import build_model
 from kdchain.resolve import resolve_chain
 from kdchain.spec import load_spec
+from kdchain.students import build_loss
 
 
 def main() -> None:

@@ -14,12 +14,14 @@ import time
 import torch
 from _common import ROOT
 
-from kdchain.students import build_loss
 from kdchain.data import load_data
 from kdchain.distill import fit
 from kdchain.models import build_model
+from kdchain.models.families.cnn import CnnArch
+from kdchain.models.families.resnet import ResnetArch
 from kdchain.resolve import resolve_chain
-from kdchain.spec import CnnArch, ResnetArch, load_spec
+from kdchain.spec import load_spec
+from kdchain.students import build_loss
 
 
 def epoch_seconds(student_arch, teacher, gen, data, views: int, epochs: int) -> tuple[float, float, str]:

@@ -16,9 +16,9 @@ import argparse
 import hashlib
 import json
 import statistics
-import time
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _common import DEFAULT_CONFIG, ROOT, cli_run, timed_run

@@ -28,8 +28,8 @@ from kdchain.checkpoints import pin_teacher
 from kdchain.checks import check_chain
 from kdchain.distill import Diverged
 from kdchain.locks import chain_lock_path, generation_lock_path, held, lock_folder
-from kdchain.search import budget_kept
 from kdchain.resolve import ResolvedGeneration, chain_digest, fresh_index, generation_key, teacher_indices
+from kdchain.search import budget_kept
 from kdchain.spec import ChainSpec, load_spec
 from kdchain.tracking import Tracker, resolve_uri, sqlite_path, ui_base
 from kdchain.tracking.labels import figures

@@ -1,4 +1,6 @@
-"""The `kdchain` command line: run, retrain, schedule, validate, inspect, compare, export, ui, sweep.
+"""The `kdchain` command line: its parser, `validate` and `inspect`, and the one place a known error becomes one
+line and an exit code. The commands that run flows are flows/commands.py (run, retrain, schedule, server) and
+flows/sweep_command.py; compare, ui, runs, clean and export have their own modules.
 
 A user mistake (bad config, missing file, unusable store) prints one line per problem and exits 2; it never
 shows a traceback and never writes to the store.
@@ -9,7 +11,6 @@ import importlib
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,21 +29,12 @@ warnings.filterwarnings("ignore", message=r".*Overriding a previously registered
 from rich.table import Table  # noqa: E402
 
 from flows import progress, signals  # noqa: E402
+from flows.command_helpers import fail, load_checked, machine_problems  # noqa: E402
+from flows.compare import add_compare_args  # noqa: E402
 from flows.housekeeping import add_workdir_args  # noqa: E402
-from flows.tables import fmt_int, generation_table  # noqa: E402
-from flows.views import add_compare_args, add_ui_args  # noqa: E402
-from kdchain.spec import SpecError, load_spec  # noqa: E402
-
-from flows.command_helpers import fail, machine_problems, quiet_console  # noqa: E402
-
-
-def _load(args):
-    spec = load_spec(args.config, args.set or [])
-    from kdchain.checks import check_chain
-
-    check_chain(spec, source=str(args.config))
-    return spec
-
+from flows.tables import fmt_int  # noqa: E402
+from flows.ui import add_ui_args  # noqa: E402
+from kdchain.spec import SpecError  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- commands
 
@@ -53,7 +45,7 @@ def cmd_validate(args) -> int:
 
         print(json.dumps(ChainSpec.model_json_schema(), indent=2))
         return 0
-    spec = _load(args)
+    spec = load_checked(args)
     if args.schema_only:
         print("OK")
         return 0
@@ -72,7 +64,7 @@ def cmd_validate(args) -> int:
 def cmd_inspect(args) -> int:
     from kdchain.checks import inspect_chain
 
-    spec = _load(args)
+    spec = load_checked(args)
     rows = inspect_chain(spec, with_nodes=args.nodes)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -87,167 +79,6 @@ def cmd_inspect(args) -> int:
     if args.nodes:
         for r in rows:
             progress.console.print(f"[bold]{r['name']}[/] nodes: " + " ".join(r["nodes"]))
-    return 0
-
-
-def _flow_run_link(which_server: str, flow_run_id: str | None) -> str | None:
-    """The flow run's page in the Prefect UI, where a server outlives this command."""
-    if which_server == "temporary" or not flow_run_id:
-        return None
-    from prefect.settings import get_current_settings
-
-    ui = get_current_settings().ui_url
-    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
-
-
-def _watched(call):
-    """Runs a flow with the kept or temporary server watched and progress shown. Ctrl-C, SIGTERM, a lost Prefect
-    server or an unusable store end it with one line: returns (exit code, None) then, else (None, result)."""
-    from flows import server
-    from kdchain.tracking import StoreError
-
-    url = server.api_url()
-    watching = signals.watch_server(url) if url else None
-    progress.enable()
-    try:
-        return None, call()
-    except BaseException as e:  # flows/signals.py says which of these end with one line
-        progress.disable()
-        ended = signals.line_and_code(e)
-        if ended is not None:
-            server.flush_logs()
-            return fail(*ended), None
-        if isinstance(e, StoreError):
-            return fail(f"kdchain: {e}"), None
-        raise
-    finally:
-        if watching is not None:
-            watching.set()
-        progress.disable()
-
-
-def cmd_run(args) -> int:
-    from flows import server
-
-    signals.install()  # Ctrl-C and SIGTERM: runs ended KILLED, one line, exit 130/143
-    spec = _load(args)
-    from kdchain.checks import deploy_problems
-
-    problems = machine_problems(spec, args) or deploy_problems(spec, str(args.config))
-    if problems:  # before Prefect or MLflow start: nothing is trained or written
-        return fail(problems)
-    from kdchain.resolve import fresh_index
-
-    fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
-    # only now: a server starting beside a refusal tripled its time on a busy 2-core box and printed its own lines
-    which_server = server.prestart()  # a temporary Prefect server starts while Prefect and the store load
-    from flows.chain import distill_chain
-
-    quiet_console()
-    from kdchain.tracking import prepare_store, resolve_uri
-
-    prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))  # an unusable store fails before Prefect starts
-    t0 = time.time()
-    progress.console.print(f"kdchain: chain [bold]{spec.name}[/] — teacher → "
-                           + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
-    server.ready()
-    ended, result = _watched(lambda: distill_chain(spec, tracking_uri=args.tracking_uri, fresh=args.fresh or False))
-    if ended is not None:
-        return ended
-    rows = [{"name": g.name, "summary": g.summary, **g.metrics, "note": "reused" if g.name in result.reused else ""}
-            for g in result.generations]
-    progress.console.print(generation_table(rows, f"{spec.name}: {len(rows)} generations ({time.time() - t0:.0f} s)"))
-    progress.console.print(f"MLflow store {result.tracking_uri}, experiment {spec.experiment_name()!r}, "
-                           f"chain run {result.chain_run_id}")
-    progress.console.print(f"registered models:/{spec.registered_name()}@latest "
-                           f"(version {result.registered.rsplit('/', 1)[1]}); `kdchain ui` opens the MLflow UI")
-    link = _flow_run_link(which_server, result.flow_run_id)
-    if link:
-        progress.console.print(f"Prefect flow run: {link}", soft_wrap=True)
-    waited = server.temporary_startup_seconds()
-    if which_server == "temporary" and waited and waited > 3:
-        progress.console.print(f"Prefect's temporary server took {waited:.0f} s to start; `kdchain server start` "
-                               "keeps one running for later runs (and its UI)")
-    return 0
-
-
-def cmd_retrain(args) -> int:
-    from flows import server
-
-    signals.install()  # as `kdchain run`: Ctrl-C and SIGTERM end the runs KILLED, with one line
-    spec = _load(args)
-    from kdchain.checks import deploy_problems
-
-    problems = machine_problems(spec, args) or deploy_problems(spec, str(args.config))
-    if problems:
-        return fail(problems)
-    server.prestart()  # the kept server, or a temporary one starting while Prefect loads
-    from flows.retrain import retrain
-
-    quiet_console()
-    from kdchain.tracking import prepare_store, resolve_uri
-
-    prepare_store(resolve_uri(args.tracking_uri, spec.tracking.uri))
-    progress.console.print(f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting Prefect)")
-    server.ready()
-    ended, result = _watched(lambda: retrain(spec, tracking_uri=args.tracking_uri))
-    if ended is not None:
-        return ended
-    champ = (f"champion version {result.champion_before} at {result.champion_test_accuracy:.2%}"
-             if result.champion_before else "no champion yet")
-    progress.console.print(f"{result.model_name} version {result.new_version} at {result.new_test_accuracy:.2%} vs "
-                           f"{champ}: [bold]{result.outcome}[/] ({result.reason})")
-    progress.console.print(f"models:/{result.model_name}@champion is version {result.champion_after}")
-    return 0
-
-
-def cmd_schedule(args) -> int:
-    from flows import server
-
-    spec = _load(args)  # a bad config fails here, before anything is served
-    server.use_kept()  # never a temporary server: the schedule must outlive this command
-    from prefect.client.schemas.schedules import CronSchedule
-    from prefect.settings import get_current_settings
-    from pydantic import ValidationError
-
-    try:
-        CronSchedule(cron=args.cron)
-    except ValidationError:
-        return fail(f"kdchain schedule: --cron {args.cron!r} is not a cron expression "
-                     "(five fields: minute hour day month weekday, e.g. '0 3 * * 1' = Mondays 03:00)")
-    api = get_current_settings().api.url
-    if not api:
-        return fail("kdchain schedule: schedules fire only with a Prefect server that outlives this command: run "
-                     "`kdchain server start` (or point PREFECT_API_URL at your server) and retry")
-    from flows.retrain import retrain
-
-    name = args.name or f"{spec.name}-retrain"
-    parameters = {"config": str(args.config.resolve()), "overrides": args.set or []}
-    if args.tracking_uri:
-        parameters["tracking_uri"] = args.tracking_uri
-    print(f"kdchain: serving deployment retrain/{name} (cron {args.cron!r}) on {api}; Ctrl-C stops serving", flush=True)
-    retrain.serve(name=name, cron=args.cron, parameters=parameters, paused=False,
-                  description=f"Scheduled retraining of {spec.name}: champion moves only for a better model")
-    return 0
-
-
-def cmd_server(args) -> int:
-    from flows import server
-
-    if args.action == "start":
-        try:
-            url = server.start_background(args.port)
-        except RuntimeError as e:
-            return fail(f"kdchain: {e}")
-        print(f"Prefect server at {url.removesuffix('/api')} (UI and API); `kdchain run` uses it from now on "
-              f"instead of starting a temporary one. Stop it with `kdchain server stop`.")
-        return 0
-    if args.action == "stop":
-        print("stopped the Prefect server" if server.stop_background() else "no Prefect server started by kdchain")
-        return 0
-    url = server.background_url()
-    print(f"Prefect server at {url.removesuffix('/api')}" if url else
-          "no Prefect server kept by kdchain: `kdchain run` starts a temporary one (`kdchain server start` keeps one)")
     return 0
 
 
@@ -278,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", nargs="?", const="teacher", metavar="GEN",
                    help="retrain GEN and every later generation (alone: all of them) in a new chain run, instead of "
                         "reusing finished ones")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=lazy("flows.commands", "cmd_run"))
 
     p = config_cmd("validate", "every check short of training (config, sizes, files, workdir, store, tracking "
                                "server, CUDA); prints OK or one line per problem")
@@ -294,22 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = config_cmd("retrain", "train the chain once more; the newcomer replaces the champion only if better")
     p.add_argument("--tracking-uri")
-    p.set_defaults(fn=cmd_retrain)
+    p.set_defaults(fn=lazy("flows.commands", "cmd_retrain"))
 
     p = config_cmd("schedule", "serve the retrain flow as a Prefect deployment on a cron schedule (needs a server)")
     p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
     p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
     p.add_argument("--tracking-uri")
-    p.set_defaults(fn=cmd_schedule)
+    p.set_defaults(fn=lazy("flows.commands", "cmd_schedule"))
 
     p = sub.add_parser("server", help="keep a Prefect server running between runs (no start-up cost, a UI of every run)")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int, default=4200, help="port on 127.0.0.1 (start; default 4200)")
-    p.set_defaults(fn=cmd_server)
+    p.set_defaults(fn=lazy("flows.commands", "cmd_server"))
 
     p = sub.add_parser("compare", help="the generation table of the latest (or one, or every) chain run, from MLflow")
     add_compare_args(p)
-    p.set_defaults(fn=lazy("flows.views", "cmd_compare"))
+    p.set_defaults(fn=lazy("flows.compare", "cmd_compare"))
 
     p = sub.add_parser("runs", help="the generation folders of a workdir: size, age, the chain runs using each")
     add_workdir_args(p)
@@ -337,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)
-    p.set_defaults(fn=lazy("flows.views", "cmd_ui"))
+    p.set_defaults(fn=lazy("flows.ui", "cmd_ui"))
     return parser
 
 
@@ -359,12 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return fail(e.lines)
     except Exception as e:  # known user-facing errors carry their own message
-        from kdchain.resources import ResourceError, resource_error
         from kdchain.checkpoints import CheckpointError
         from kdchain.distill import Diverged, StateUnreadable
-        from kdchain.tracking import StoreError, as_store_error, resolve_uri
-
-        from kdchain.tracking import CheckpointSourceError
+        from kdchain.resources import ResourceError, resource_error
+        from kdchain.tracking import CheckpointSourceError, StoreError, as_store_error, resolve_uri
 
         if isinstance(e, (CheckpointError, StoreError, ResourceError, CheckpointSourceError, StateUnreadable)):
             return fail(f"kdchain: {e}")

@@ -13,6 +13,16 @@ def fail(lines: list[str] | str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def load_checked(args):
+    """The config with its `--set`s, checked as far as building its models (SpecError: one line a problem)."""
+    from kdchain.checks import check_chain
+    from kdchain.spec import load_spec
+
+    spec = load_spec(args.config, args.set or [])
+    check_chain(spec, source=str(args.config))
+    return spec
+
+
 def machine_problems(spec, args) -> list[str]:
     """What this machine must offer before training: files on disk (weights, data), CUDA for `device: cuda`, a
     writable workdir and MLflow store, a tracking server that answers. Creates nothing."""

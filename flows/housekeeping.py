@@ -12,7 +12,6 @@ from flows.command_helpers import EXIT_USAGE
 from flows.tables import fmt_int
 
 
-
 def add_workdir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, nargs="?", help="a chain YAML: its workdir and store (default: the project's)")
     p.add_argument("--workdir", type=Path, help="the workdir to read (default: the config's, else mlruns/kdchain)")

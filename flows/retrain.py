@@ -15,10 +15,9 @@ from pydantic import BaseModel
 
 from flows.chain import ChainResult, chain_run_name, distill_chain
 from kdchain import tracking
-from kdchain.scoring import score_checkpoint
 from kdchain.data import data_fingerprint
-from kdchain.promotion import (CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown,
-                               decision_tags)
+from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown, decision_tags
+from kdchain.scoring import score_checkpoint
 from kdchain.spec import ChainSpec, load_spec
 
 

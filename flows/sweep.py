@@ -21,15 +21,15 @@ from pydantic import BaseModel
 
 from flows import progress
 from flows.chain import distill_chain
-from flows.generation import interrupted
 from flows.command_helpers import quiet_console
+from flows.generation import interrupted
 from flows.search import task_runner
 from kdchain.resolve import chain_digest
 from kdchain.spec import SweepSpec, flatten
 from kdchain.sweep import ChainOutcome, SummaryRow, SweepJob, summarize, summary_records
 from kdchain.tracking import resolve_uri
 from kdchain.tracking.sweep import (attach_chain, chain_run_of, end_sweep_run, end_unfinished_chains, finish_sweep_run,
-                                   start_sweep_run)
+                                    start_sweep_run)
 
 
 class SweepResult(BaseModel):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from flows import progress, signals
-from flows.command_helpers import fail, machine_problems, quiet_console
+from flows import progress
+from flows.command_helpers import fail
+from flows.startup import start, watched
 from flows.tables import fmt_int
-
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -80,40 +80,30 @@ def summary_table(result, seeds: list[int], title: str) -> Table:
 
 
 def cmd_sweep(args) -> int:
-    from flows import server
     from kdchain.sweep import plan_sweep
 
     settings = sweep_settings(args)
     jobs = plan_sweep(settings)  # every chain's config checked: SpecError (exit 2) before anything runs
-    problems = machine_problems(jobs[0].spec, args)
-    if problems:
-        return fail(problems)
-    signals.install()  # Ctrl-C and SIGTERM: one line, the sweep run ended KILLED
     # the Dask workers' Prefect console (they inherit this environment): warnings only, as the command's own
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # nor Dask's notes on cancelled tasks at Ctrl-C
-    server.prestart()  # a kept server, or a temporary one starting while Prefect and the store load
-    from flows.sweep import run_sweep
-    from kdchain.tracking import prepare_store, resolve_uri
-
-    quiet_console()
-    prepare_store(resolve_uri(args.tracking_uri, jobs[0].spec.tracking.uri))
     points = len({j.point for j in jobs})
     where = (f"the Dask scheduler at {settings.runner.address}" if settings.runner.address else
              f"{settings.runner.workers} {'Dask worker processes' if args.runner == 'dask' else 'threads'}")
     title = f"{jobs[0].spec.name} · " + (" · ".join(f"{k}={','.join(v)}" for k, v in settings.grid.items())
                                          or "config") + f" · seeds {' '.join(map(str, settings.seeds))}"
-    progress.console.print(f"kdchain: sweep [bold]{jobs[0].spec.name}[/] — {len(jobs)} chains ({points} grid "
-                           f"point(s) × {len(settings.seeds)} seed(s)) on {where} (starting Prefect)")
+    started = start(jobs[0].spec, args, f"kdchain: sweep [bold]{jobs[0].spec.name}[/] — {len(jobs)} chains "
+                    f"({points} grid point(s) × {len(settings.seeds)} seed(s)) on {where} (starting Prefect)",
+                    flow_module="flows.sweep")
+    if isinstance(started, int):
+        return started
+    from flows.sweep import run_sweep
+
     t0 = time.time()
-    server.ready()
-    try:
-        result = run_sweep(jobs, title, settings, args.tracking_uri)
-    except BaseException as e:  # Ctrl-C, SIGTERM: one line
-        ended = signals.line_and_code(e)
-        if ended is not None:
-            return fail(ended[0].replace("run the same command", "run the same sweep"), ended[1])
-        raise
+    ended, result = watched(lambda: run_sweep(jobs, title, settings, args.tracking_uri),
+                            lambda line: line.replace("run the same command", "run the same sweep"))
+    if ended is not None:
+        return ended
     progress.console.print(summary_table(result, settings.seeds, f"sweep {title}: test accuracy over seeds "
                                                                  f"({time.time() - t0:.0f} s)"))
     progress.console.print(f"MLflow store {result.tracking_uri}, experiment {result.experiment!r}, sweep run "

@@ -1,8 +1,9 @@
 """kdchain: chained knowledge distillation (teacher -> A -> B -> C), the library layer (no Prefect here).
 
-Where things are: spec/ (every setting), data/ (sources), models/ (families, taps), distill/ (losses, engine),
-measure/ (profile, export, plots), tracking/ (MLflow, the only importer of it); resolve, checkpoints, checks,
-chain, search and promotion at the top.
+Where things are: spec/ (every setting, the registries of kinds), losses/ (loss terms), data/ (sources/, splits),
+models/ (families/, pruning, taps), objectives/ (search objectives), distill/ (the training engine), measure/
+(profile, export, plots), tracking/ (MLflow, the only importer of it); a generation's steps (students, chain,
+scoring, shipping), resolve, checkpoints, checks, plans, search and promotion at the top.
 """
 
 import importlib
@@ -14,8 +15,10 @@ __version__ = "0.1.0"
 
 # Models logged to MLflow before the package split (serialization_format="pickle") name their classes and hooks
 # by the modules of that time; these names lead there now, so such a model still loads.
-MOVED_MODULES = {"kdchain.resnet": "kdchain.models.resnet", "kdchain.zoo": "kdchain.models.torchvision",
-                 "kdchain.taps": "kdchain.models.taps", "kdchain.losses": "kdchain.distill.losses"}
+MOVED_MODULES = {"kdchain.resnet": "kdchain.models.families.resnet", "kdchain.zoo": "kdchain.models.families.torchvision",
+                 "kdchain.taps": "kdchain.models.taps", "kdchain.models.resnet": "kdchain.models.families.resnet",
+                 "kdchain.models.cnn": "kdchain.models.families.cnn", "kdchain.models.timm": "kdchain.models.families.timm",
+                 "kdchain.models.torchvision": "kdchain.models.families.torchvision"}
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -31,3 +34,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())
+
+# the spec first, whatever module of kdchain is imported: it imports every kind module (kdchain.spec.kinds) before
+# anything else can import one of them half-way
+import kdchain.spec  # noqa: E402,F401

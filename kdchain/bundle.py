@@ -11,13 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-from kdchain.shipping import quantize_generation
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import Normalise
 from kdchain.measure.export import ORT_DISABLED_OPTIMIZERS, export_onnx, label_onnx
 from kdchain.measure.quantize import onnx_speed
 from kdchain.resolve import resolve_chain
+from kdchain.shipping import quantize_generation
 from kdchain.spec import ChainSpec, DeploySpec
 
 

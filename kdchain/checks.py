@@ -9,15 +9,13 @@ import torch
 
 from kdchain.data import input_info, missing_data
 from kdchain.measure.profile import count_flops
-from kdchain.models import build_model, count_params, default_tap, describe, prepare_for_training
-from kdchain.models.timm import missing_weights as missing_timm_weights
+from kdchain.models import build_model, count_params, default_tap, describe
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
-from kdchain.models.torchvision import fitting_state, missing_weights
 from kdchain.plans import known_archs
 from kdchain.preflight import cuda_problem, distributed_problems, size_problems
 from kdchain.resolve import ResolvedGeneration, arch_field, resolve_chain
 from kdchain.search import budget_problems
-from kdchain.spec import ChainSpec, FitnetLoss, SpecError
+from kdchain.spec import ChainSpec, SpecError
 
 
 def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGeneration]:
@@ -46,12 +44,12 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
         elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
             problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
                             f"({', '.join(x.name for x in gens[:g.index])}), not all zero")
-        hint = max([t.hint_epochs for t in g.distill if isinstance(t, FitnetLoss)], default=0)
+        hint = max([t.hint_epochs for t in g.distill if type(t).hint], default=0)
         if hint >= g.train.epochs:
             problems.append(f"{where}.distill: fitnet hint_epochs {hint} leaves no epoch of the full loss; "
                             f"make it less than train.epochs {g.train.epochs}")
         for j, term in enumerate(g.distill):
-            if not hasattr(term, "teacher_node"):
+            if not type(term).features:
                 continue
             for side, model, owner in (("teacher", models[g.index - 1], gens[g.index - 1].name),
                                        ("student", models[g.index], g.name)):
@@ -74,15 +72,9 @@ def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
     problems = []
     input_shape, num_classes = input_info(spec.data)
     for g in resolve_chain(spec):
-        problem = missing_weights(g.arch) or missing_timm_weights(g.arch)
-        if problem is None and getattr(g.arch, "weights", None):  # on disk: do its tensors fit the model?
-            try:
-                if g.arch.kind == "timm":  # timm's own loader fits the head and the first conv
-                    prepare_for_training(build_model(g.arch, num_classes, input_shape[0]), g.arch)
-                else:
-                    fitting_state(build_model(g.arch, num_classes, 3), g.arch)
-            except SpecError as e:
-                problem = e.lines[0]
+        problem = None
+        if g.arch.kind != "pruned":  # a pruned base's weights come from its teacher's checkpoint
+            problem = g.arch.missing_weights() or g.arch.weights_problem(num_classes, input_shape[0])
         if problem:
             problems.append(f"{source}: {arch_field(g, problem)}")
     for problem in (missing_data(spec.data), cuda_problem(spec.device),
@@ -126,9 +118,9 @@ def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
     for g, known in zip(gens, known_archs(spec, gens)):
         model = build_model(known.arch, num_classes, input_shape[0]).eval()
         # the default tap, and every node a feature loss reads from this model as student or as teacher
-        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if hasattr(t, "student_node")}
+        taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if type(t).features}
         if g.index + 1 < len(gens):
-            taps |= {t.teacher_node for t in gens[g.index + 1].distill if hasattr(t, "teacher_node")}
+            taps |= {t.teacher_node for t in gens[g.index + 1].distill if type(t).features}
         summary = describe(known.arch) + "".join(f" ({t})" for t in (known.source, known.note) if t)
         row = {"index": g.index, "name": g.name, "summary": summary, "arch": known.arch.model_dump(mode="json"),
                "source": known.source,

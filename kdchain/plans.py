@@ -55,8 +55,8 @@ def trained_checkpoints(spec: ChainSpec, gens: list[ResolvedGeneration]) -> dict
 
 def known_archs(spec: ChainSpec, gens: list[ResolvedGeneration]) -> list[KnownArch]:
     """Each generation's architecture from the best source at hand (see the module's text), teacher first."""
-    from kdchain.students import pruned_student
     from kdchain.data import load_data
+    from kdchain.students import pruned_student
 
     trained = trained_checkpoints(spec, gens)
     out: list[KnownArch] = []

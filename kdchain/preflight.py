@@ -7,7 +7,6 @@ days on any hardware of that kind, so a legitimate long run is never refused by 
 
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,7 +18,6 @@ STEP_SECONDS = 1e-4  # the least a training step (forward, backward, optimizer) 
 EPOCH_SECONDS = 1e-3  # the least an epoch's validation pass and its MLflow metrics take
 MAX_DAYS = 7.0  # a chain whose lower bound exceeds this is a typo (epochs: 1000000000), not a plan
 TRAIN_BYTES_PER_PARAM = 16  # fp32 weights, gradients and two Adam moments
-DIGITS_IMAGES, CIFAR10_TRAIN_IMAGES = 1797, 50000
 
 
 def device_kind(device: str) -> str:
@@ -34,20 +32,6 @@ def memory_bytes(kind: str) -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def train_images(data) -> int:
-    """About how many images one epoch trains on (no image is decoded)."""
-    if data.kind == "digits":
-        return int(DIGITS_IMAGES * (1 - data.split.val - data.split.test))
-    if data.kind == "cifar10":
-        return int(CIFAR10_TRAIN_IMAGES * (1 - data.val))
-    if data.kind == "marks":
-        return data.train_size
-    root = Path(data.root)
-    split = root / "train" if (root / "train").is_dir() else root
-    files = sum(len(names) for _, _, names in os.walk(split)) if split.is_dir() else 0
-    return files if split != root else int(files * (1 - data.split.val - data.split.test))
 
 
 def meta_flops(model: torch.nn.Module, input_shape: tuple) -> int:
@@ -75,7 +59,7 @@ def size_problems(gens, models, trained: list[bool], spec, input_shape) -> list[
     from kdchain.resolve import arch_field
 
     kind = device_kind(spec.device)
-    memory, images = memory_bytes(kind), train_images(spec.data)
+    memory, images = memory_bytes(kind), spec.data.train_images()
     where = "this GPU" if kind == "cuda" else "this machine"
     problems, too_big = [], set()
     for g, model, trains in zip(gens, models, trained):

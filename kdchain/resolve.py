@@ -10,8 +10,7 @@ from pathlib import Path
 from kdchain.checkpoints import read_arch, teacher_source
 from kdchain.data import data_fingerprint
 from kdchain.models import default_tap, resolve_student
-from kdchain.spec import (CeLoss, ChainSpec, DeploySpec, SpecError, TrainSpec, canonical_json,
-                          spec_hash)
+from kdchain.spec import LOSSES, ChainSpec, DeploySpec, SpecError, TrainSpec, canonical_json, spec_hash
 
 
 @dataclass
@@ -41,7 +40,7 @@ class ResolvedGeneration:
 def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     """Teacher first; each student derived from (or written next to) the architecture before it."""
     teacher_arch = spec.teacher.model if spec.teacher.from_ is None else read_arch(teacher_source(spec))
-    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [CeLoss(weight=1.0)], spec.teacher.train,
+    gens = [ResolvedGeneration(0, "teacher", teacher_arch, [LOSSES["ce"](weight=1.0)], spec.teacher.train,
                                deploy=spec.deploy_of(0))]
     for i, g in enumerate(spec.generations, start=1):
         teacher_arch = gens[-1].arch
@@ -53,7 +52,7 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
         distill = [
             t.model_copy(update={"teacher_node": t.teacher_node or default_tap(teacher_arch),
                                  "student_node": t.student_node or default_tap(arch)})
-            if hasattr(t, "teacher_node") else t  # feature, fitnet, at, rkd read tapped nodes
+            if type(t).features else t  # feature, fitnet, at, rkd read tapped nodes
             for t in g.distill
         ]
         gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
@@ -64,9 +63,9 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
 def tapped_nodes(spec: ChainSpec, index: int, default: str) -> list[str]:
     """The nodes of generation `index` that feature losses read: as student here, as teacher in the next one
     (`default`: the family's tap, which a pruned student shares with its teacher)."""
-    nodes = [t.student_node or default for t in spec.generations[index - 1].distill if hasattr(t, "student_node")]
+    nodes = [t.student_node or default for t in spec.generations[index - 1].distill if type(t).features]
     if index < len(spec.generations):
-        nodes += [t.teacher_node or default for t in spec.generations[index].distill if hasattr(t, "teacher_node")]
+        nodes += [t.teacher_node or default for t in spec.generations[index].distill if type(t).features]
     return nodes
 
 

@@ -17,17 +17,24 @@ from pathlib import Path
 import optuna
 import torch
 
-from kdchain.students import build_loss, pruned_student, view_store
 from kdchain.checkpoints import ARCH, load_checkpoint
 from kdchain.data import input_info, load_data
 from kdchain.distill import fit, pick_device
 from kdchain.measure.profile import count_flops, latency_ms
 from kdchain.models import build_model, default_tap, derive_arch, describe, resolve_student
 from kdchain.resolve import resolve_chain, tapped_nodes
-from kdchain.search_results import (Candidate, SearchResult, TrialResult, knee_floor, pareto_front,  # noqa: F401
-                                    pareto_plot, select_winner)
-from kdchain.spec import (CeLoss, ChainSpec, Derive, DeriveStudent, KdLoss, PruneStudent, SearchSpec, SpecError,
-                          canonical_json, spec_hash)
+from kdchain.search_results import (  # noqa: F401
+    Candidate,
+    SearchResult,
+    TrialResult,
+    knee_floor,
+    pareto_front,
+    pareto_plot,
+    select_winner,
+)
+from kdchain.spec import (ChainSpec, Derive, DeriveStudent, PruneStudent, SearchSpec, SpecError, canonical_json,
+                          spec_hash)
+from kdchain.students import build_loss, pruned_student, view_store
 
 AXES = ("width", "depth", "temperature", "kd_weight")
 
@@ -64,14 +71,14 @@ def candidate_distill(distill: list, params: dict[str, float]) -> list:
     """The generation's loss terms with the searched kd temperature / kd weight (ce gets 1 - kd weight)."""
     out = []
     for term in distill:
-        if isinstance(term, KdLoss):
+        if term.kind == "kd":
             upd = {}
             if "temperature" in params:
                 upd["temperature"] = params["temperature"]
             if "kd_weight" in params:
                 upd["weight"] = params["kd_weight"]
             term = term.model_copy(update=upd)
-        elif isinstance(term, CeLoss) and "kd_weight" in params:
+        elif term.kind == "ce" and "kd_weight" in params:
             term = term.model_copy(update={"weight": 1.0 - params["kd_weight"]})
         out.append(term)
     return out
@@ -208,7 +215,7 @@ def depth_problems(spec: ChainSpec, index: int, teacher_arch) -> list[str]:
 
 def front_objective(search: SearchSpec) -> bool:
     """pareto and knee pick from the accuracy-params front: the sampler explores both (no pruning then)."""
-    return search.objective.kind in ("pareto", "knee")
+    return type(search.objective).front
 
 
 def directions(search: SearchSpec) -> list[str]:

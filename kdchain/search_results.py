@@ -60,36 +60,16 @@ def pareto_front(trials: list[TrialResult]) -> list[int]:
 
 
 def knee_floor(search: SearchSpec, trials: list[TrialResult]) -> float | None:
-    """knee: the least proxy val accuracy the winner may have (the best trial's less max_drop points)."""
-    done = [t.val_accuracy for t in trials if t.state == "complete"]
-    if search.objective.kind != "knee" or not done:
-        return None
-    return max(done) - search.objective.max_drop / 100
+    """The least proxy val accuracy the winner may have (knee: the best trial's less max_drop points), or None."""
+    return search.objective.floor([t for t in trials if t.state == "complete"])
 
 
 def select_winner(search: SearchSpec, trials: list[TrialResult], teacher_val_accuracy: float) -> tuple[int, str]:
-    """(trial number, why). accuracy and pareto: the most accurate (fewer params on a tie; for pareto that is the
-    accurate end of the front); smallest: fewest params among those retaining r of the teacher's val accuracy;
-    knee: fewest params among those within max_drop points of the most accurate."""
+    """(trial number, why), as the search's objective picks (kdchain/objectives/)."""
     done = [t for t in trials if t.state == "complete"]
     if not done:
         raise RuntimeError("every trial was pruned; raise proxy_epochs or set search.prune: false")
-    best = min(done, key=lambda t: (-t.val_accuracy, t.cost["params"]))
-    if search.objective.kind == "smallest":
-        r = search.objective.retention
-        keep = [t for t in done if t.val_accuracy >= r * teacher_val_accuracy]
-        if keep:
-            win = min(keep, key=lambda t: (t.cost["params"], -t.val_accuracy))
-            return win.number, (f"fewest params ({win.cost['params']:,.0f}) with val accuracy {win.val_accuracy:.4f} "
-                                f">= {r} x teacher {teacher_val_accuracy:.4f}")
-        return best.number, f"no trial retained {r} of the teacher's val accuracy; the most accurate instead"
-    if search.objective.kind == "knee":
-        floor = knee_floor(search, trials)
-        win = min((t for t in done if t.val_accuracy >= floor), key=lambda t: (t.cost["params"], -t.val_accuracy))
-        return win.number, (f"fewest params ({win.cost['params']:,.0f}) with val accuracy {win.val_accuracy:.4f}, "
-                            f"within {search.objective.max_drop:g} points of the best {best.val_accuracy:.4f} "
-                            f"({best.cost['params']:,.0f} params)")
-    return best.number, f"highest proxy val accuracy {best.val_accuracy:.4f} within budget"
+    return search.objective.select(done, teacher_val_accuracy)
 
 
 def pareto_plot(result: SearchResult, path: Path, title: str) -> Path:

@@ -10,11 +10,11 @@ from torch import nn
 from kdchain.data import batches, data_fingerprint
 from kdchain.distill import Teachers
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
-from kdchain.distill.views import VIEWS_VERSION, ViewStore
+from kdchain.distill.teacher_views import VIEWS_VERSION, ViewStore
 from kdchain.models.prune import prune_model
 from kdchain.models.taps import feature_shapes
 from kdchain.resolve import ResolvedGeneration, file_digest, teacher_indices
-from kdchain.spec import ChainSpec, FeatureLoss, FitnetLoss, PrunedArch, spec_hash
+from kdchain.spec import ChainSpec, PrunedArch, spec_hash
 from kdchain.workdir import FOLDER
 
 
@@ -22,7 +22,7 @@ def build_loss(gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module |
     shapes = {}
     direct = teacher.direct if isinstance(teacher, Teachers) else teacher
     for i, term in enumerate(gen.distill):
-        if isinstance(term, (FeatureLoss, FitnetLoss)):  # trained adapters: 1x1 conv / FitNets regressor
+        if type(term).adapted:  # a trained adapter (feature: 1x1 conv; fitnet: regressor), sized by the two maps
             s = feature_shapes(student, [term.student_node], input_shape)[term.student_node]
             t = feature_shapes(direct, [term.teacher_node], input_shape)[term.teacher_node]
             shapes[i] = (s, t)

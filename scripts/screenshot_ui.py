@@ -76,7 +76,7 @@ def shoot(page: Chromium, url: str, out: Path, expected: list[str]) -> None:
 
 
 def main() -> int:
-    from flows.views import _fail
+    from flows.command_helpers import fail as _fail
     from kdchain.tracking import resolve_uri
     from kdchain.tracking.labels import registry_url
     from tests.conftest import free_port

@@ -42,15 +42,13 @@ def test_malformed_cifar_files_exit_2_in_one_line_and_write_nothing(tmp_path, ca
 
 
 def test_well_formed_files_pass_the_check(tmp_path):
-    from kdchain.data.cifar10 import cifar_missing
-    from kdchain.spec import Cifar10Data
+    from kdchain.data.sources.cifar10 import Cifar10Data, cifar_missing
 
     assert cifar_missing(Cifar10Data(root=str(cifar_folder(tmp_path / "data")))) is None
 
 
 def test_val_0_trains_on_every_training_image_and_validates_on_the_test_split(tmp_path):
-    from kdchain.data.cifar10 import load_cifar10
-    from kdchain.spec import Cifar10Data
+    from kdchain.data.sources.cifar10 import Cifar10Data, load_cifar10
 
     data = load_cifar10(Cifar10Data(root=str(cifar_folder(tmp_path / "data")), val=0), seed=0)
     assert len(data.train) == 20 and data.val is data.test and len(data.test) == 4

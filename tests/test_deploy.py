@@ -14,11 +14,12 @@ from flows.cli import main
 from kdchain.data import batches, load_data
 from kdchain.measure.export import export_onnx
 from kdchain.measure.quantize import Int8Result, float_ops, quantize_onnx
-from kdchain.shipping import int8_tags
-from kdchain.scoring import score_checkpoint
-from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, decide
 from kdchain.models import build_model
-from kdchain.spec import CnnArch, PromotionSpec, load_spec
+from kdchain.models.families.cnn import CnnArch
+from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, decide
+from kdchain.scoring import score_checkpoint
+from kdchain.shipping import int8_tags
+from kdchain.spec import PromotionSpec, load_spec
 from kdchain.tracking import INT8_KEYS
 from tests.conftest import seed_store, tiny_chain, write_config
 

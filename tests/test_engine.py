@@ -4,11 +4,15 @@ import pytest
 import torch
 
 from kdchain.data import load_data
+from kdchain.data.sources.digits import DigitsData
 from kdchain.distill import StateUnreadable, evaluate, fit
 from kdchain.distill.losses import DistillLoss
-from kdchain.models import build_model, count_params
+from kdchain.losses.ce import CeLoss
+from kdchain.losses.kd import KdLoss
 from kdchain.measure.profile import profile
-from kdchain.spec import CeLoss, CnnArch, DigitsData, KdLoss, TrainSpec
+from kdchain.models import build_model, count_params
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec import TrainSpec
 
 
 def test_digits_split_is_stratified_seeded_and_normalised():

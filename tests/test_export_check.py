@@ -10,9 +10,9 @@ from mlflow import MlflowClient
 from torch import nn
 
 from flows.cli import main
-from kdchain.shipping import export_checked
 from kdchain.models import build_model
-from kdchain.spec import ResnetArch
+from kdchain.models.families.resnet import ResnetArch
+from kdchain.shipping import export_checked
 from kdchain.tracking import GENERATION, KIND
 from kdchain.tracking.runs import WARNING
 from tests.conftest import ROOT, tiny_chain, write_config

@@ -3,22 +3,26 @@ procedural marks set; the VGG19 example's figures; each user mistake one line, e
 
 import logging
 import pickle
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from flows.cli import main
-from kdchain.data.augment import random_crop, random_flip
-from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
+from kdchain.data.augment import random_crop, random_flip
+from kdchain.data.sources.digits import DigitsData
+from kdchain.data.sources.imagefolder import ImageFolderData
+from kdchain.data.sources.marks import MarksData, generate
 from kdchain.distill import fit
 from kdchain.distill.losses import DistillLoss
-from kdchain.data.marks import generate
-from kdchain.models.torchvision import _meta, head_name
+from kdchain.losses.ce import CeLoss
 from kdchain.models import build_model, count_params, derive_arch
-from kdchain.spec import (CeLoss, Derive, DigitsData, ImageFolderData, MarksData, ResnetArch, TorchvisionArch, TrainSpec,
-                           spec_from_dict)
+from kdchain.models.families.resnet import ResnetArch
+from kdchain.models.families.torchvision import TorchvisionArch, _meta, head_name
+from kdchain.resolve import resolve_chain
+from kdchain.spec import Derive, TrainSpec, spec_from_dict
 from tests.conftest import ROOT, write_config
 
 SEED_CONFIG = ROOT / "configs" / "seed-vgg19-cifar10.yaml"

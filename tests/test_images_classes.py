@@ -16,10 +16,13 @@ from flows.cli import main
 from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.data.images import to_rgb
+from kdchain.data.sources.imagefolder import ImageFolderData
 from kdchain.distill import evaluate, fit
 from kdchain.distill.losses import DistillLoss
+from kdchain.losses.ce import CeLoss
 from kdchain.models import build_model
-from kdchain.spec import CeLoss, CnnArch, ImageFolderData, SpecError, TrainSpec
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec import SpecError, TrainSpec
 from tests.conftest import write_config
 
 

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from kdchain.distill.losses import DistillLoss, FeatureAdapter, feature_loss, kd_loss
-from kdchain.spec import CeLoss, FeatureLoss, KdLoss
+from kdchain.distill.losses import DistillLoss
+from kdchain.losses.ce import CeLoss
+from kdchain.losses.feature import FeatureAdapter, FeatureLoss
+from kdchain.losses.kd import KdLoss, kd_loss
 
 
 def softmax(xs):
@@ -46,7 +48,8 @@ def test_feature_loss_is_mse_when_shapes_match():
     s = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     t = torch.zeros_like(s)
     adapter = FeatureAdapter((1, 2, 2), (1, 2, 2))
-    assert feature_loss(s, t, adapter).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
+    term = FeatureLoss(teacher_node="t", student_node="s")
+    assert term.value({"s": s}, {"t": t}, None, adapter).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
 
 
 def test_feature_adapter_maps_channels_and_resizes():

@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from kdchain.students import build_loss
-
 from kdchain.chain import train_generation
-
 from kdchain.checks import check_chain
-
-from kdchain.resolve import resolve_chain
-from kdchain.distill import fit
 from kdchain.data import load_data
-from kdchain.distill.losses import (DistillLoss, HintRegressor, at_loss, dkd_loss, fitnet_loss, rkd_loss, teacher_key)
+from kdchain.distill import fit
+from kdchain.distill.losses import DistillLoss, teacher_key
+from kdchain.losses.at import at_loss
+from kdchain.losses.dkd import dkd_loss
+from kdchain.losses.fitnet import FitnetLoss, HintRegressor, fitnet_loss
+from kdchain.losses.kd import KdLoss
+from kdchain.losses.rkd import rkd_loss
 from kdchain.models import build_model
-from kdchain.spec import FitnetLoss, KdLoss, SpecError, spec_from_dict
+from kdchain.resolve import resolve_chain
+from kdchain.spec import SpecError, spec_from_dict
+from kdchain.students import build_loss
 from tests.conftest import tiny_chain
 
 RNG = np.random.default_rng(0)

@@ -15,7 +15,6 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from kdchain.chain import train_generation
-from kdchain.students import training_sample
 from kdchain.checkpoints import load_checkpoint, save_checkpoint
 from kdchain.checks import check_chain
 from kdchain.data import load_data
@@ -25,6 +24,7 @@ from kdchain.models.prune import prune_model
 from kdchain.models.pruned import planned
 from kdchain.resolve import resolve_chain
 from kdchain.spec import Prune, PrunedArch, canonical_json, spec_from_dict
+from kdchain.students import training_sample
 from tests.conftest import tiny_chain, write_config
 
 

@@ -17,10 +17,13 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from kdchain.data import load_data
+from kdchain.data.sources.digits import DigitsData
 from kdchain.distill import fit, load_train_state
 from kdchain.distill.losses import DistillLoss
+from kdchain.losses.ce import CeLoss
 from kdchain.models import build_model
-from kdchain.spec import CeLoss, CnnArch, DigitsData, TrainSpec
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec import TrainSpec
 from kdchain.tracking import GENERATION, KIND, SUPERSEDED, TEACHER_RUN
 from tests.conftest import ROOT, tiny_chain, write_config
 

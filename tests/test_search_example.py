@@ -29,8 +29,8 @@ def feature_search(tmp_path, runner: dict, **search) -> dict:
 def test_feature_taps_in_two_threads_at_once():
     """torch.fx patches nn.Module.__call__ process-wide: two threads tracing used to crash each other."""
     from kdchain.models import build_model
+    from kdchain.models.families.cnn import CnnArch
     from kdchain.models.taps import Tapped, feature_shapes
-    from kdchain.spec import CnnArch
 
     errors = []
 

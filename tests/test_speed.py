@@ -7,14 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from kdchain.students import build_loss
-
-from kdchain.resolve import resolve_chain
 from kdchain.data import load_data
 from kdchain.distill import fit
 from kdchain.measure.export import MAX_ABS_DIFF, export_and_measure
 from kdchain.models import build_model
+from kdchain.resolve import resolve_chain
 from kdchain.spec import spec_from_dict
+from kdchain.students import build_loss
 from tests.conftest import tiny_chain, write_config
 
 
@@ -49,7 +48,9 @@ def test_cached_teacher_trains_the_same_student_as_the_live_teacher(setup):
 
 
 def test_feature_maps_are_cached_within_budget_and_live_beyond(setup):
-    from kdchain.spec import CeLoss, FeatureLoss, KdLoss
+    from kdchain.losses.ce import CeLoss
+    from kdchain.losses.feature import FeatureLoss
+    from kdchain.losses.kd import KdLoss
 
     gens, data, teacher = setup
     gen = resolve_chain(spec_from_dict(tiny_chain(Path("/tmp"))))[1]

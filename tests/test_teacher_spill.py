@@ -6,10 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from kdchain.students import build_loss
 from kdchain.distill import fit
+from kdchain.losses.ce import CeLoss
+from kdchain.losses.feature import FeatureLoss
+from kdchain.losses.kd import KdLoss
 from kdchain.models import build_model
-from kdchain.spec import CeLoss, FeatureLoss, KdLoss
+from kdchain.students import build_loss
 from tests.test_speed import setup  # noqa: F401 - the module's trained digits teacher
 
 

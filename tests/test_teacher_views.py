@@ -7,14 +7,14 @@ them again."""
 import pytest
 import torch
 
-from kdchain.students import build_loss
 from kdchain.data import load_data
 from kdchain.distill import fit
 from kdchain.distill.engine import StoredViews
-from kdchain.distill.views import ViewStore, all_view_params, teacher_views
+from kdchain.distill.teacher_views import ViewStore, all_view_params, teacher_views
 from kdchain.models import build_model
 from kdchain.resolve import resolve_chain
 from kdchain.spec import spec_from_dict
+from kdchain.students import build_loss
 
 
 class Counting(torch.nn.Module):
@@ -95,7 +95,7 @@ def test_the_student_sees_the_view_whose_outputs_it_is_taught_with(marks):
 
 
 def test_views_that_do_not_fit_memory_or_disk_leave_the_teacher_live(tmp_path):
-    from kdchain.distill.views import views_plan
+    from kdchain.distill.teacher_views import views_plan
 
     shapes = {"logits": (10,), "features": (512, 7, 7)}
     assert views_plan("auto", 4, 1000, shapes, 512.0, None)[0] == "memory"

@@ -1,14 +1,12 @@
-"""Data sets: the registry (`load_data`, `batches`, shapes, fingerprints) and one module per source.
+"""Data sets: what training gets (kdchain.data.splits: splits, batches, `load_data`), augmentation, image
+helpers, and one module per source in kdchain/data/sources/ (digits, cifar10, imagefolder, marks).
 
-To add a source: a module that decorates its loader with `kdchain.data.registry.register(kind, shape=...)`, a
-spec class in `kdchain/spec/data.py`, and an import line below.
+To add a source: a module in kdchain/data/sources/ whose spec class (a kdchain.spec.data.Source) is decorated
+with kdchain.spec.kinds.SOURCES.register and implements `load`, `shape` and `train_images`; nothing else changes.
 """
 
-from kdchain.data.registry import (DataBundle, Split, batches, data_fingerprint, data_notes, files_fingerprint,
-                                   input_info, load_data, missing_data, stratified_split, LOADERS)
+from kdchain.data.splits import (DataBundle, Split, batches, data_fingerprint, data_notes, files_fingerprint,
+                                 input_info, load_data, missing_data, stratified_split)
 
-# the sources register themselves on import
-from kdchain.data import cifar10, digits, folder, marks  # noqa: E402,F401
-
-__all__ = ["DataBundle", "Split", "batches", "data_fingerprint", "data_notes", "files_fingerprint", "input_info", "load_data",
-           "missing_data", "stratified_split", "LOADERS"]
+__all__ = ["DataBundle", "Split", "batches", "data_fingerprint", "data_notes", "files_fingerprint", "input_info",
+           "load_data", "missing_data", "stratified_split"]

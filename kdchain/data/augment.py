@@ -2,13 +2,13 @@
 
 Randomness comes from torch's global generator, which `fit` seeds, so a run repeats exactly. The draw (each
 image's crop offset and flip) is separate from its application, so that a seeded view can be drawn again and
-replayed: the FKD recipe (kdchain.distill.views) stores the teacher's outputs for K such views.
+replayed: the FKD recipe (kdchain.distill.teacher_views) stores the teacher's outputs for K such views.
 """
 
 import torch
 import torch.nn.functional as F
 
-from kdchain.spec import Augment
+from kdchain.spec.data import Augment
 
 
 def draw_crop(n: int, padding: int, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:

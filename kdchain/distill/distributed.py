@@ -29,8 +29,8 @@ from torch.distributed.elastic.rendezvous.utils import _matches_machine_hostname
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
-from kdchain.distill.losses import LOGITS
 from kdchain.distill.device import in_format, memory_format
+from kdchain.distill.losses import LOGITS
 from kdchain.models.taps import Tapped
 from kdchain.spec import DistributedSpec
 

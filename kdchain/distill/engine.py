@@ -35,7 +35,7 @@ from kdchain.distill.evaluate import evaluate, predict_split
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.distill.state import StateUnreadable, atomic_save, load_train_state, restore_trained, trained_state
 from kdchain.distill.teacher import Augment, Teachers, outputs_of, teacher_cache_plan, teacher_outputs
-from kdchain.distill.views import ViewStore, all_view_params, teacher_views, views_plan
+from kdchain.distill.teacher_views import ViewStore, all_view_params, teacher_views, views_plan
 from kdchain.models.taps import feature_shapes
 from kdchain.spec import TrainSpec
 
@@ -66,7 +66,7 @@ class FitResult:
 
 @dataclass
 class StoredViews:
-    """The FKD recipe's side of a step (kdchain.distill.views): the teacher's outputs {name: (K, N, ...)} for K
+    """The FKD recipe's side of a step (kdchain.distill.teacher_views): the teacher's outputs {name: (K, N, ...)} for K
     seeded augmented views of each training image, and each view's augmentation {name: (K, N, ...)}."""
     outputs: dict
     params: dict
@@ -323,7 +323,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
         student_fwd = data_parallel(student, loss.nodes("student"), device)
     if train.compile:
         student_fwd = torch.compile(student_fwd)
-    # a split streamed from disk (kdchain.data.folder.StreamSplit) stays where it is; in-memory ones move
+    # a split streamed from disk (kdchain.data.sources.imagefolder.StreamSplit) stays where it is; in-memory ones move
     streamed = hasattr(data.train, "stream")
     train_split = data.train if streamed else data.train.to(device)
     val_split = data.val if hasattr(data.val, "stream") else data.val.to(device)

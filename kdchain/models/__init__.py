@@ -1,18 +1,17 @@
-"""Model families: the registry (`build_model`, `derive_arch`, `describe`, `default_tap`), one module per family
-(cnn, resnet, torchvision, timm), a student pruned from its teacher (prune: how; pruned: the family) and
-feature taps by node name (taps).
+"""Models: one module per family in kdchain/models/families/ (cnn, resnet, torchvision, timm), building and
+describing any architecture (registry), pruning a trained model (prune: how; pruned: the architecture it leaves),
+feature taps by node name (taps) and the checkpoint format (saved).
 
-To add a family: a module whose builder is decorated with `kdchain.models.registry.register(kind, ...)`, a spec
-class in `kdchain/spec/models.py` added to `Arch`, and an import line below.
+To add a family: a module in kdchain/models/families/ whose spec class (a kdchain.spec.models.Family) is decorated
+with kdchain.spec.kinds.FAMILIES.register and implements `build` and `default_tap`; nothing else changes.
 """
 
-from kdchain.models.registry import (build_model, count_params, default_tap, derive_arch, describe,
-                                     prepare_for_training, resolve_student)
+from kdchain.models.build import (build_model, count_params, default_tap, derive_arch, describe, prepare_for_training,
+                                  resolve_student)
 
-# the families register themselves on import
-from kdchain.models import cnn, pruned, resnet, timm, torchvision  # noqa: E402,F401
 # models logged to MLflow before the package split pickled these two as kdchain.models.Cnn / .ConvBlock
-from kdchain.models.cnn import Cnn, ConvBlock  # noqa: E402,F401
+from kdchain.models.families.cnn import Cnn, ConvBlock
+from kdchain.models import pruned  # noqa: F401  (teaches build_model what a pruned architecture is)
 
 __all__ = ["build_model", "count_params", "default_tap", "derive_arch", "describe", "prepare_for_training",
            "resolve_student", "Cnn", "ConvBlock"]

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from kdchain.models.registry import build_model, describe
-from kdchain.models.resnet import BasicBlock, CifarResNet
-from kdchain.models.torchvision import head_name
-from kdchain.spec import Prune, PrunedArch, SpecError, canonical_json
+from kdchain.models.build import build_model, describe
+from kdchain.models.families.resnet import BasicBlock, CifarResNet
+from kdchain.models.families.torchvision import head_name
+from kdchain.spec.base import SpecError, canonical_json
+from kdchain.spec.models import Prune, PrunedArch
 
 Batches = Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]  # n -> n seeded (x, y) training batches
 

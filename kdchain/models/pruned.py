@@ -1,6 +1,6 @@
-"""The `pruned` model family: a model that is its base architecture with a pruning record applied (or, without a
-record, a plan made concrete by pruning the base's initial weights on seeded noise). Built without any weights, so
-checkpoints stay JSON + tensors; how the pruning itself works is kdchain.models.prune."""
+"""A pruned architecture (kind `pruned`, not a family a config names): its base architecture with a pruning record
+applied (or, without a record, a plan made concrete by pruning the base's initial weights on seeded noise). Built
+without any weights, so checkpoints stay JSON + tensors; how the pruning itself works is kdchain.models.prune."""
 
 import math
 import os
@@ -10,18 +10,25 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
+from kdchain.models.build import PRUNED, build_model, derive_arch, describe
 from kdchain.models.prune import prune_model, replay
-from kdchain.models.registry import build_model, default_tap, derive_arch, describe, register
-from kdchain.spec import AnyArch, Derive, Prune, PrunedArch, SpecError, canonical_json
+from kdchain.spec.base import SpecError, canonical_json
+from kdchain.spec.models import Derive, Prune, PrunedArch
 
-ANY_ARCH = TypeAdapter(AnyArch)
+
+@lru_cache(maxsize=1)
+def any_arch() -> TypeAdapter:
+    """Any architecture, a pruned one included (the union is built once every family is registered)."""
+    from kdchain.spec.unions import AnyArch
+
+    return TypeAdapter(AnyArch)
 
 
 def trainable(arch):
     """The base a pruned model is built on: a student trains all its weights, so the teacher's freeze is dropped."""
     if arch.kind == "pruned":
         return arch.model_copy(update={"base": trainable(arch.base)})
-    if arch.kind == "torchvision" and arch.freeze:
+    if getattr(arch, "freeze", None):  # torchvision and timm teachers may freeze parts
         return arch.model_copy(update={"freeze": []})
     return arch
 
@@ -29,7 +36,7 @@ def trainable(arch):
 @lru_cache(maxsize=32)
 def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> PrunedArch:
     """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU."""
-    arch = ANY_ARCH.validate_json(arch_json)
+    arch = any_arch().validate_json(arch_json)
     gen = torch.Generator().manual_seed(0)
 
     def noise(n: int):
@@ -111,9 +118,10 @@ def derive_pruned(arch: PrunedArch, derive: Derive):
     return derive_arch(root, derive.model_copy(update={"width": width, "depth": depth}))
 
 
-@register("pruned", derive=derive_pruned, tap=lambda arch: default_tap(arch.base), describe=describe_pruned)
 def pruned_model(arch: PrunedArch, num_classes: int, in_channels: int) -> nn.Module:
     if arch.record is None:
         arch = planned(canonical_json(arch), num_classes, in_channels)
     return replay(build_model(trainable(arch.base), num_classes, in_channels), arch.record)
 
+
+PRUNED.update(build=pruned_model, derive=derive_pruned, describe=describe_pruned)

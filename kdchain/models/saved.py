@@ -9,15 +9,25 @@ from it; and the pickle module MLflow saves a generation's logged model with, so
 """
 
 import pickle
-from pickle import (DEFAULT_PROTOCOL, HIGHEST_PROTOCOL, PickleError, PicklingError, Unpickler,  # noqa: F401
-                    UnpicklingError, dump, dumps, load, loads)
 from pathlib import Path
+from pickle import (  # noqa: F401
+    DEFAULT_PROTOCOL,
+    HIGHEST_PROTOCOL,
+    PickleError,
+    PicklingError,
+    Unpickler,
+    UnpicklingError,
+    dump,
+    dumps,
+    load,
+    loads,
+)
 
 import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from kdchain.models.registry import build_model
+from kdchain.models.build import build_model
 from kdchain.spec import AnyArch, canonical_json
 
 ARCH = TypeAdapter(AnyArch)  # a pruned model's checkpoint holds its base and its pruning record

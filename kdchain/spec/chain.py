@@ -8,18 +8,17 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kdchain.spec.base import Strict
-from kdchain.spec.data import DataSpec
 from kdchain.spec.deploy import DeploySpec
-from kdchain.spec.distill import CeLoss, KdLoss, Loss
+from kdchain.spec.kinds import LOSSES
 from kdchain.spec.measure import MeasureSpec
-from kdchain.spec.models import Arch, StudentSpec
 from kdchain.spec.search import SearchSpec
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
 from kdchain.spec.train import TrainSpec
+from kdchain.spec.unions import Arch, DataSpec, Loss, StudentSpec
 
 
 def _default_distill() -> list:
-    return [KdLoss(weight=0.7, temperature=4.0), CeLoss(weight=0.3)]
+    return [LOSSES["kd"](weight=0.7, temperature=4.0), LOSSES["ce"](weight=0.3)]
 
 
 class TeacherSpec(Strict):

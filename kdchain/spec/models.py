@@ -1,148 +1,51 @@
-"""Architectures: the families a teacher or student is built from, and a student derived from its teacher."""
+"""Architectures: what every model family is (`Family`; the families are modules of kdchain/models/families/,
+registered in kdchain.spec.kinds.FAMILIES), a student derived from its teacher, and one pruned from it. The unions
+of them (Arch, AnyArch, StudentSpec) are built in kdchain.spec.unions."""
 
-from typing import Annotated, Any, Literal, Union
+from typing import Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from kdchain.spec.base import Strict
-
-
-class CnnArch(Strict):
-    """VGG-style CNN: stages of conv-BN-ReLU blocks, a pool after each stage, global average pool, linear head."""
-
-    kind: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(ge=1)]] = Field(
-        description="output channels of each stage, e.g. [32, 64, 128]", min_length=1
-    )
-    convs_per_stage: list[Annotated[int, Field(ge=1)]] | Annotated[int, Field(ge=1)] = Field(
-        1, description="conv-BN-ReLU blocks in each stage: one number for all stages or one per stage"
-    )
-    kernel_size: Literal[1, 3, 5, 7] | list[Literal[1, 3, 5, 7]] = Field(
-        3, description="kernel size of every conv: one number for all stages or one per stage")
-    pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling after each stage except the last")
-    pool_after: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="0-based stages followed by the 2x2 pool; default: every stage except the last")
-    batch_norm: bool = Field(True, description="BatchNorm after each conv")
-    hidden: int = Field(0, ge=0, description="width of a hidden layer in the classifier; 0 = linear head")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
-
-    @model_validator(mode="after")
-    def _convs_match_stages(self):
-        if isinstance(self.convs_per_stage, list) and len(self.convs_per_stage) != len(self.channels):
-            raise ValueError(
-                f"convs_per_stage has {len(self.convs_per_stage)} entries but channels has {len(self.channels)} stages"
-            )
-        if isinstance(self.kernel_size, list) and len(self.kernel_size) != len(self.channels):
-            raise ValueError(f"kernel_size has {len(self.kernel_size)} entries but channels has {len(self.channels)} stages")
-        if self.pool_after is not None and any(i >= len(self.channels) for i in self.pool_after):
-            raise ValueError(f"pool_after names a stage beyond the last (stages are 0..{len(self.channels) - 1})")
-        return self
-
-    def kernels(self) -> list[int]:
-        if isinstance(self.kernel_size, int):
-            return [self.kernel_size] * len(self.channels)
-        return list(self.kernel_size)
-
-    def pools(self) -> list[bool]:
-        """Whether stage i is followed by the 2x2 pool."""
-        if self.pool == "none":
-            return [False] * len(self.channels)
-        after = set(range(len(self.channels) - 1)) if self.pool_after is None else set(self.pool_after)
-        return [i in after for i in range(len(self.channels))]
-
-    def convs(self) -> list[int]:
-        if isinstance(self.convs_per_stage, int):
-            return [self.convs_per_stage] * len(self.channels)
-        return list(self.convs_per_stage)
+from kdchain.spec.base import SpecError, Strict
 
 
-class ResnetArch(Strict):
-    """CIFAR-style ResNet (He et al. 2016, sec. 4.2): 3 stages of n basic blocks, depth = 6n + 2."""
+class Family(Strict):
+    """An architecture family: its spec is the config's `model:`, its methods build and describe the model.
+    `derive` and `prepare` are optional; `build` and `default_tap` are not."""
 
-    kind: Literal["resnet"] = "resnet"
-    depth: int = Field(20, ge=8, description="layers, 6n + 2: 8, 14, 20, 32, 44, 56, 110")
-    width: float = Field(1.0, gt=0.0, le=16.0, description="multiplier on the stage widths 16, 32, 64")
+    kind: str
 
-    @field_validator("depth")
-    @classmethod
-    def _six_n_plus_2(cls, depth: int):
-        if (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), got {depth}")
-        return depth
+    def build(self, num_classes: int, in_channels: int):
+        """The torch module, initialised (pretrained weights come later, in `prepare`)."""
+        raise NotImplementedError(f"model kind {self.kind!r} defines no build()")
 
-    def blocks(self) -> int:
-        return (self.depth - 2) // 6
+    def describe(self) -> str:
+        """One line for tables: `cnn 16-32-64`, `resnet-20`, ..."""
+        return self.kind
 
-    def widths(self) -> list[int]:
-        return [max(1, round(c * self.width)) for c in (16, 32, 64)]
+    def default_tap(self) -> str:
+        """The node a feature loss reads when it names none: the deepest feature map before the head."""
+        raise NotImplementedError(f"model kind {self.kind!r} defines no default_tap()")
+
+    def derive(self, derive: "Derive"):
+        """A student of this family (or a cnn, `derive.to: cnn`) scaled by derive's width and depth."""
+        raise SpecError([f"student.derive: cannot derive from a {self.kind!r} teacher; write the student out or "
+                         "prune it (`student: {prune: {width: ...}}`)"])
+
+    def prepare(self, model) -> None:
+        """Load pretrained weights into the built `model`, just before training (building stays offline)."""
+
+    def missing_weights(self) -> str | None:
+        """One sentence saying what to put where when weights are asked for and not on disk; None otherwise."""
+        return None
+
+    def weights_problem(self, num_classes: int, in_channels: int) -> str | None:
+        """Weights on disk that do not fit this model, in one sentence; None when they fit (or none are asked)."""
+        return None
 
 
 def is_checkpoint_path(value: str) -> bool:
     return "/" in value or value.endswith((".pt", ".pth", ".ckpt", ".bin"))
-
-
-class TorchvisionArch(Strict):
-    """Any torchvision classification model by name; its last linear layer is replaced by one for num_classes."""
-
-    kind: Literal["torchvision"] = "torchvision"
-    name: str = Field(description="torchvision.models name, e.g. vgg19, resnet18, mobilenet_v3_small")
-    weights: str | None = Field(None, description="torchvision weights (e.g. IMAGENET1K_V1, DEFAULT) or a local "
-                                                  "checkpoint file (.pt/.pth); none = random initialisation")
-    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed, "
-                                                                "e.g. [features] to fine-tune only the classifier")
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str):
-        from torchvision import models
-
-        names = models.list_models(module=models)
-        if name not in names:
-            raise ValueError(f"unknown torchvision model {name!r}; choose one of: {', '.join(names)}")
-        return name
-
-    @model_validator(mode="after")
-    def _known_weights(self):
-        if self.weights is None or is_checkpoint_path(self.weights):
-            return self
-        from torchvision import models
-
-        enum = models.get_model_weights(self.name)
-        member = self.weights.split(".")[-1]
-        if member not in enum.__members__:
-            raise ValueError(f"{self.weights!r} is not a weights name of {self.name}; use one of "
-                             f"{', '.join(enum.__members__)} or a checkpoint path ending in .pt/.pth")
-        return self
-
-
-class TimmArch(Strict):
-    """Any timm model by name (`timm.create_model`), its classifier reset for num_classes."""
-
-    kind: Literal["timm"] = "timm"
-    name: str = Field(description="timm model name, e.g. resnet18, convnext_atto, efficientnet_b0 (timm.list_models())")
-    weights: str | None = Field(None, description="pretrained weights: a local .safetensors/.pth file, or "
-                                                  "`pretrained` for timm's own download cache (Hugging Face hub "
-                                                  "cache); none = random")
-    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed")
-    model_args: dict[str, int | float | bool | str | list[int] | list[float]] = Field(
-        default_factory=dict, description="keyword arguments of the model's constructor, e.g. "
-                                          "{channels: [32, 64, 128, 256]} for a timm ResNet, {dims: ..., depths: ...}")
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str):
-        import difflib
-
-        import timm
-
-        if not timm.is_model(name):
-            near = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-            raise ValueError(f"unknown timm model {name!r}; " + (f"did you mean {', '.join(near)}?" if near else
-                             "timm.list_models() lists them"))
-        return name
-
-
-Arch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch, TimmArch], Field(discriminator="kind")]
 
 
 class Derive(Strict):
@@ -197,31 +100,10 @@ class PrunedArch(Strict):
     that rebuilds it exactly. Without a record it is a plan: building it prunes the base's initial weights."""
 
     kind: Literal["pruned"] = "pruned"
-    base: "AnyArch" = Field(description="the architecture pruned (its teacher's)")
+    base: "AnyArch" = Field(description="the architecture pruned (its teacher's); a forward reference, resolved in "
+                                        "kdchain.spec.unions once every family is registered")
     prune: Prune = Field(description="the pruning settings")
     keep: list[str] = Field(default_factory=list, description="nodes that feature losses tap: the blocks holding "
                                                               "them are never removed")
     record: dict | None = Field(None, description="removed blocks, changed module attributes and tensor shapes; "
                                                   "none = not pruned yet (a plan)")
-
-
-AnyArch = Annotated[Union[CnnArch, ResnetArch, TorchvisionArch, TimmArch, PrunedArch], Field(discriminator="kind")]
-PrunedArch.model_rebuild()
-
-
-def _student_tag(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return next((k for k in ("derive", "prune") if k in value), value.get("kind"))
-    if isinstance(value, (DeriveStudent, PruneStudent)):
-        return "derive" if isinstance(value, DeriveStudent) else "prune"
-    return getattr(value, "kind", None)
-
-
-StudentSpec = Annotated[
-    Union[Annotated[CnnArch, Tag("cnn")], Annotated[ResnetArch, Tag("resnet")],
-          Annotated[TorchvisionArch, Tag("torchvision")], Annotated[TimmArch, Tag("timm")],
-          Annotated[DeriveStudent, Tag("derive")], Annotated[PruneStudent, Tag("prune")]],
-    Discriminator(_student_tag, custom_error_type="student_kind",
-                  custom_error_message="expected an architecture with kind: cnn, resnet, torchvision or timm, "
-                                       "{derive: {width, depth}} or {prune: {width, depth}}"),
-]

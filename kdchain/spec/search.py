@@ -1,10 +1,12 @@
 """A generation's search for its student: the space, the budget, the objective, where trials run."""
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from kdchain.spec.base import Strict
+from kdchain.spec.kinds import OBJECTIVES
+from kdchain.spec.unions import SearchObjective
 
 
 class SearchSpace(Strict):
@@ -30,31 +32,6 @@ class SearchBudget(Strict):
     max_flops: int | None = Field(None, gt=0, description="most FLOPs per image; null = no limit")
 
 
-class BestAccuracy(Strict):
-    kind: Literal["accuracy"] = "accuracy"
-
-
-class SmallestRetaining(Strict):
-    kind: Literal["smallest"] = "smallest"
-    retention: float = Field(0.98, gt=0.0, le=1.5, description="least proxy val accuracy / the teacher's val accuracy")
-
-
-class ParetoFront(Strict):
-    kind: Literal["pareto"] = "pareto"
-
-
-class Knee(Strict):
-    """The sweet spot a person picks on the accuracy-params front: the smallest model whose proxy val accuracy is
-    within `max_drop` points of the best trial's."""
-
-    kind: Literal["knee"] = "knee"
-    max_drop: float = Field(1.0, ge=0.0, le=100.0, description="accuracy points (percent) below the best trial "
-                                                               "that a smaller model may give up")
-
-
-SearchObjective = Annotated[Union[BestAccuracy, SmallestRetaining, ParetoFront, Knee], Field(discriminator="kind")]
-
-
 class SearchRunner(Strict):
     """Where trials run, as a Prefect task runner."""
 
@@ -71,7 +48,7 @@ class SearchSpec(Strict):
 
     space: SearchSpace = Field(default_factory=SearchSpace, description="the candidates")
     budget: SearchBudget = Field(default_factory=SearchBudget, description="limits every candidate must meet")
-    objective: SearchObjective = Field(default_factory=BestAccuracy, description=(
+    objective: SearchObjective = Field(default_factory=lambda: OBJECTIVES["accuracy"](), description=(
         "accuracy: best proxy val accuracy; smallest: fewest params with retention >= r; pareto: the front of "
         "accuracy against params, the most accurate on it wins; knee: the smallest within max_drop points of the "
         "best"))

@@ -10,8 +10,8 @@ from kdchain.tracking.fetch import CheckpointSourceError, fetch_checkpoint, pin_
 from kdchain.tracking.registry import (CHALLENGER, CHAMPION, AliasMoved, alias_version, move_alias, record_decision,
                                        set_alias)
 from kdchain.tracking.runs import Tracker, open_tracker
-from kdchain.tracking.store import (DEFAULT_UI, DEFAULT_URI, FINAL_KEYS, GENERATION, GENERATION_NAME, INT8_KEYS,
-                                    KIND, PARENT, SUPERSEDED, TEACHER_RUN, StoreError, as_store_error, experiment_of_run,
+from kdchain.tracking.store import (DEFAULT_UI, DEFAULT_URI, FINAL_KEYS, GENERATION, GENERATION_NAME, INT8_KEYS, KIND,
+                                    PARENT, SUPERSEDED, TEACHER_RUN, StoreError, as_store_error, experiment_of_run,
                                     latest_chain_experiment, prepare_store, resolve_uri, sqlite_path, store_problem,
                                     tracking_problem, ui_base)
 

@@ -24,10 +24,9 @@ from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_ur
                                      version_description)
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
-from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION,
-                                    GENERATION_NAME, KIND, PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TABLE_KEYS,
-                                    TEACHER_RUN, TRIAL, WINNER, WORKER, chunks, now_ms, prepare_sqlite, sqlite_path,
-                                    store_exists)
+from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION, GENERATION_NAME, KIND,
+                                    PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TABLE_KEYS, TEACHER_RUN, TRIAL, WINNER,
+                                    WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
 
 WARNING = "kdchain.warning"
 CLASS_NAMES = "kdchain.class_names"  # a JSON list, in output order

@@ -8,14 +8,43 @@ at once with tensor ops on the grid (N, H, W); the same seed gives the same imag
 """
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from kdchain.data.images import make_normalise
-from kdchain.data.registry import DataBundle, Split, register
-from kdchain.spec import MarksData
+from kdchain.data.splits import DataBundle, Split
+from kdchain.spec.data import Augment, Source
+from kdchain.spec.kinds import SOURCES
 
 CLASS_NAMES = ["dot", "two-dots", "three-dots", "ring", "ring-dot", "cross", "bar", "two-bars", "square", "four-dots"]
+
+
+
+@SOURCES.register
+class MarksData(Source):
+    """Procedural product-inspection marks: 10 classes of dot/shape combinations on textured surfaces."""
+
+    kind: Literal["marks"] = "marks"
+    train_size: int = Field(20000, ge=10, description="training images")
+    val_size: int = Field(2000, ge=10, description="validation images")
+    test_size: int = Field(4000, ge=10, description="test images")
+    image_size: int = Field(32, ge=16, le=256, description="height and width in pixels")
+    difficulty: float = Field(0.95, ge=0.0, le=1.0, description="0 = clean, centred marks; 1 = heavy blur, clutter, "
+                                                               "uneven lighting, small low-contrast marks")
+    augment: Augment = Field(default_factory=lambda: Augment(crop_padding=2, flip=True),
+                             description="per-batch augmentation (every class is mirror-symmetric)")
+
+    def load(self, seed: int) -> DataBundle:
+        return load_marks(self, seed)
+
+    def shape(self) -> tuple[tuple[int, int, int], int]:
+        return (3, self.image_size, self.image_size), len(SHAPES)
+
+    def train_images(self) -> int:
+        return self.train_size
+
 
 
 def _disc(u, v, x0, y0, r):
@@ -135,7 +164,6 @@ def generate(count: int, size: int, difficulty: float, seed: int, chunk: int = 5
     return images, labels
 
 
-@register("marks", shape=lambda spec: ((3, spec.image_size, spec.image_size), len(SHAPES)))
 def load_marks(spec: MarksData, seed: int) -> DataBundle:
     # three independent streams from the seed: growing one split never changes another
     xtr, ytr = generate(spec.train_size, spec.image_size, spec.difficulty, seed * 3 + 1)

@@ -10,13 +10,79 @@ timm itself is imported when a timm model is first built: a chain without one ne
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
-from kdchain.models.registry import register
-from kdchain.models.torchvision import apply_freeze
-from kdchain.spec import CnnArch, Derive, SpecError, TimmArch
+from kdchain.models.families.cnn import CnnArch
+from kdchain.models.families.torchvision import apply_freeze
+from kdchain.spec.base import SpecError
+from kdchain.spec.kinds import FAMILIES
+from kdchain.spec.models import Derive, Family
+
+
+@FAMILIES.register
+class TimmArch(Family):
+    """Any timm model by name (`timm.create_model`), its classifier reset for num_classes."""
+
+    kind: Literal["timm"] = "timm"
+    name: str = Field(description="timm model name, e.g. resnet18, convnext_atto, efficientnet_b0 (timm.list_models())")
+    weights: str | None = Field(None, description="pretrained weights: a local .safetensors/.pth file, or "
+                                                  "`pretrained` for timm's own download cache (Hugging Face hub "
+                                                  "cache); none = random")
+    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed")
+    model_args: dict[str, int | float | bool | str | list[int] | list[float]] = Field(
+        default_factory=dict, description="keyword arguments of the model's constructor, e.g. "
+                                          "{channels: [32, 64, 128, 256]} for a timm ResNet, {dims: ..., depths: ...}")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str):
+        import difflib
+
+        import timm
+
+        if not timm.is_model(name):
+            near = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            raise ValueError(f"unknown timm model {name!r}; " + (f"did you mean {', '.join(near)}?" if near else
+                             "timm.list_models() lists them"))
+        return name
+
+    def build(self, num_classes: int, in_channels: int) -> nn.Module:
+        model = _create(self, num_classes, in_channels)
+        apply_freeze(model, self)
+        return model
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.model_args.items())
+        return f"timm {self.name}" + (f"({args})" if args else "") + (" (pretrained)" if self.weights else "") + (
+            f", frozen {','.join(self.freeze)}" if self.freeze else "")
+
+    def default_tap(self) -> str:
+        """The deepest feature map before pooling and head: timm's last feature_info stage (layer4, stages.3...)."""
+        return meta_model(self).feature_info[-1]["module"]
+
+    def derive(self, derive: Derive):
+        return derive_timm(self, derive)
+
+    def prepare(self, model: nn.Module) -> None:
+        load_weights(model, self)
+
+    def missing_weights(self) -> str | None:
+        return missing_weights(self)
+
+    def weights_problem(self, num_classes: int, in_channels: int) -> str | None:
+        if self.weights is None or self.missing_weights():
+            return None
+        try:  # timm's own loader fits the head and the first conv
+            load_weights(self.build(num_classes, in_channels), self)
+        except SpecError as e:
+            return e.lines[0]
+        return None
+
+
 
 CACHE = "pretrained"  # weights: pretrained = timm's own download cache
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")  # what timm looks for
@@ -32,22 +98,6 @@ def _create(arch: TimmArch, num_classes: int, in_channels: int) -> nn.Module:
         raise SpecError([f"model.model_args: timm's {arch.name} does not take these arguments ({e})"]) from None
 
 
-def describe_timm(arch: TimmArch) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in arch.model_args.items())
-    return f"timm {arch.name}" + (f"({args})" if args else "") + (" (pretrained)" if arch.weights else "") + (
-        f", frozen {','.join(arch.freeze)}" if arch.freeze else "")
-
-
-@register("timm", derive=lambda arch, derive: derive_timm(arch, derive), tap=lambda arch: default_tap(arch),
-          describe=describe_timm, prepare=lambda model, arch: load_weights(model, arch))
-
-
-def timm_model(arch: TimmArch, num_classes: int, in_channels: int) -> nn.Module:
-    model = _create(arch, num_classes, in_channels)
-    apply_freeze(model, arch)
-    return model
-
-
 @lru_cache(maxsize=32)
 def _meta(name: str, args_json: str) -> nn.Module:
     """The architecture without allocating its weights: for names, stage layouts and feature_info."""
@@ -61,11 +111,6 @@ def meta_model(arch: TimmArch) -> nn.Module:
     import json
 
     return _meta(arch.name, json.dumps(arch.model_args, sort_keys=True))
-
-
-def default_tap(arch: TimmArch) -> str:
-    """The deepest feature map before pooling and head: timm's last feature_info stage (layer4, stages.3, ...)."""
-    return meta_model(arch).feature_info[-1]["module"]
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -85,9 +130,9 @@ def weights_file(arch: TimmArch) -> Path | None:
     return None
 
 
-def missing_weights(arch) -> str | None:
+def missing_weights(arch: TimmArch) -> str | None:
     """One sentence saying what to put where, or None when the weights are on disk (or not asked for)."""
-    if getattr(arch, "kind", None) != "timm" or arch.weights is None:
+    if arch.weights is None:
         return None
     path = weights_file(arch)
     if path is not None and path.is_file():

@@ -1,12 +1,40 @@
 """`digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), optionally upscaled."""
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from kdchain.data.registry import DataBundle, Split, files_fingerprint, register, stratified_split
-from kdchain.spec import DigitsData
+from kdchain.data.splits import DataBundle, Split, files_fingerprint, stratified_split
+from kdchain.spec.data import Augment, Source, SplitFractions
+from kdchain.spec.kinds import SOURCES
+
+IMAGES = 1797
+
+
+@SOURCES.register
+class DigitsData(Source):
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images, 10 classes."""
+
+    kind: Literal["digits"] = "digits"
+    image_size: int = Field(8, ge=8, le=64, description="images are upscaled (bilinear) to this size")
+    split: SplitFractions = Field(default_factory=SplitFractions, description="stratified, seeded split")
+    augment: Augment = Field(default_factory=Augment, description="per-batch augmentation; off for digits")
+
+    def load(self, seed: int) -> DataBundle:
+        return load_digits(self, seed)
+
+    def shape(self) -> tuple[tuple[int, int, int], int]:
+        return (1, self.image_size, self.image_size), 10
+
+    def train_images(self) -> int:
+        return int(IMAGES * (1 - self.split.val - self.split.test))
+
+    def fingerprint(self) -> str:
+        return files_fingerprint(_digits_file())
+
 
 
 def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -20,10 +48,6 @@ def _digits_file() -> Path:
     import sklearn.datasets
 
     return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
-
-
-@register("digits", shape=lambda spec: ((1, spec.image_size, spec.image_size), 10),
-          fingerprint=lambda spec: files_fingerprint(_digits_file()))
 
 
 def load_digits(spec: DigitsData, seed: int) -> DataBundle:

@@ -9,13 +9,89 @@ parameters under the given module-name prefixes fixed.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torchvision import models as tvm
 
-from kdchain.models.registry import count_params, register
-from kdchain.spec import CnnArch, Derive, SpecError, TorchvisionArch, is_checkpoint_path
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec.base import SpecError
+from kdchain.spec.kinds import FAMILIES
+from kdchain.spec.models import Derive, Family, is_checkpoint_path
+
+
+@FAMILIES.register
+class TorchvisionArch(Family):
+    """Any torchvision classification model by name; its last linear layer is replaced by one for num_classes."""
+
+    kind: Literal["torchvision"] = "torchvision"
+    name: str = Field(description="torchvision.models name, e.g. vgg19, resnet18, mobilenet_v3_small")
+    weights: str | None = Field(None, description="torchvision weights (e.g. IMAGENET1K_V1, DEFAULT) or a local "
+                                                  "checkpoint file (.pt/.pth); none = random initialisation")
+    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters stay fixed, "
+                                                                "e.g. [features] to fine-tune only the classifier")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str):
+        from torchvision import models
+
+        names = models.list_models(module=models)
+        if name not in names:
+            raise ValueError(f"unknown torchvision model {name!r}; choose one of: {', '.join(names)}")
+        return name
+
+    @model_validator(mode="after")
+    def _known_weights(self):
+        if self.weights is None or is_checkpoint_path(self.weights):
+            return self
+        from torchvision import models
+
+        enum = models.get_model_weights(self.name)
+        member = self.weights.split(".")[-1]
+        if member not in enum.__members__:
+            raise ValueError(f"{self.weights!r} is not a weights name of {self.name}; use one of "
+                             f"{', '.join(enum.__members__)} or a checkpoint path ending in .pt/.pth")
+        return self
+
+    def build(self, num_classes: int, in_channels: int) -> nn.Module:
+        if in_channels != 3:
+            raise SpecError([f"model: torchvision's {self.name} takes 3-channel images but the data has {in_channels}; "
+                             "use kind: cnn or resnet for this data set"])
+        model = _with_head(_raw(self.name), num_classes)
+        apply_freeze(model, self)
+        return model
+
+    def describe(self) -> str:
+        return self.name + (" (pretrained)" if self.weights else "") + (
+            f", frozen {','.join(self.freeze)}" if self.freeze else "")
+
+    def default_tap(self) -> str:
+        children = dict(_meta(self.name).named_children())
+        return next((c for c in TAP_CANDIDATES if c in children), list(children)[-2])
+
+    def derive(self, derive: Derive):
+        return derive_torchvision(self, derive)
+
+    def prepare(self, model: nn.Module) -> None:
+        if self.weights is not None:
+            model.load_state_dict(fitting_state(model, self), strict=False)
+
+    def missing_weights(self) -> str | None:
+        return missing_weights(self)
+
+    def weights_problem(self, num_classes: int, in_channels: int) -> str | None:
+        if self.weights is None or self.missing_weights():
+            return None
+        try:
+            fitting_state(self.build(num_classes, 3), self)
+        except SpecError as e:
+            return e.lines[0]
+        return None
+
+
 
 # smallest first: `derive` maps a teacher to the member just before it
 FAMILIES = [
@@ -98,35 +174,11 @@ def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
 
 
-def describe_torchvision(arch: TorchvisionArch) -> str:
-    return arch.name + (" (pretrained)" if arch.weights else "") + (
-        f", frozen {','.join(arch.freeze)}" if arch.freeze else "")
-
-
-@register("torchvision", derive=lambda arch, derive: derive_torchvision(arch, derive),
-          tap=lambda arch: default_tap(arch), describe=describe_torchvision,
-          prepare=lambda model, arch: load_weights(model, arch))
-
-
-def torchvision_model(arch: TorchvisionArch, num_classes: int, in_channels: int) -> nn.Module:
-    if in_channels != 3:
-        raise SpecError([f"model: torchvision's {arch.name} takes 3-channel images but the data has {in_channels}; "
-                         "use kind: cnn or resnet for this data set"])
-    model = _with_head(_raw(arch.name), num_classes)
-    apply_freeze(model, arch)
-    return model
-
-
 @lru_cache(maxsize=32)
 def _meta(name: str) -> nn.Module:
     """The architecture without allocating its weights: for names, shapes and layouts."""
     with torch.device("meta"):
         return _raw(name)
-
-
-def default_tap(arch: TorchvisionArch) -> str:
-    children = dict(_meta(arch.name).named_children())
-    return next((c for c in TAP_CANDIDATES if c in children), list(children)[-2])
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -140,9 +192,9 @@ def weights_file(arch: TorchvisionArch) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def missing_weights(arch) -> str | None:
-    """One sentence saying how to provide the weights, or None when they are on disk."""
-    if getattr(arch, "kind", None) != "torchvision" or arch.weights is None:
+def missing_weights(arch: TorchvisionArch) -> str | None:
+    """One sentence saying how to provide the weights, or None when they are on disk (or not asked for)."""
+    if arch.weights is None:
         return None
     path = weights_file(arch)
     if path.is_file():
@@ -161,13 +213,6 @@ def _state_dict_of(obj) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         return obj["model"]
     return obj
-
-
-def load_weights(model: nn.Module, arch: TorchvisionArch) -> None:
-    """Load `arch.weights` into `model` (head already replaced). An ImageNet head (other class count) is left
-    freshly initialised; any other shape mismatch is a spec error naming the first differing tensors."""
-    if arch.weights is not None:
-        model.load_state_dict(fitting_state(model, arch), strict=False)
 
 
 def fitting_state(model: nn.Module, arch: TorchvisionArch) -> dict:
@@ -242,4 +287,4 @@ def derive_torchvision(arch: TorchvisionArch, derive: Derive):
 
 
 def param_count(name: str, num_classes: int) -> int:
-    return count_params(_with_head(_raw(name), num_classes))
+    return sum(p.numel() for p in _with_head(_raw(name), num_classes).parameters())

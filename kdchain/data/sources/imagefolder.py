@@ -5,18 +5,63 @@ DataLoader with workers; unreadable files are skipped and reported.
 """
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from kdchain.data.images import make_normalise, to_rgb
-from kdchain.data.registry import DataBundle, Split, files_fingerprint, register, stratified_split
-from kdchain.spec import ImageFolderData, SpecError
+from kdchain.data.splits import DataBundle, Split, files_fingerprint, stratified_split
+from kdchain.spec.base import SpecError
+from kdchain.spec.data import Augment, Source, SplitFractions
+from kdchain.spec.kinds import SOURCES
 
 log = logging.getLogger("kdchain.data")
 SPLITS = ("train", "val", "test")
+
+
+@SOURCES.register
+class ImageFolderData(Source):
+    """root/<class>/<image>, or root/{train,val,test}/<class>/<image>; any format PIL reads."""
+
+    kind: Literal["imagefolder"] = "imagefolder"
+    root: str = Field(description="folder of class subfolders, or of train/ val/ test/ subfolders")
+    image_size: int = Field(64, ge=8, le=1024, description="every image is resized to image_size x image_size")
+    normalize: Literal["dataset", "imagenet"] = Field("dataset", description="per-channel mean/std of the training "
+                                                                             "split, or ImageNet's")
+    split: SplitFractions = Field(default_factory=SplitFractions,
+                                  description="stratified, seeded split when root has no train/ subfolder")
+    memory_budget_mb: float = Field(2048, ge=0, description="decode all images once into uint8 tensors when they fit "
+                                                          "this budget; otherwise stream them from disk")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming")
+    augment: Augment = Field(default_factory=Augment, description="per-batch augmentation")
+
+    def load(self, seed: int) -> DataBundle:
+        return load_imagefolder(self, seed)
+
+    def shape(self) -> tuple[tuple[int, int, int], int]:
+        classes, _ = folder_layout(self)
+        return (3, self.image_size, self.image_size), len(classes)
+
+    def train_images(self) -> int:
+        root = Path(self.root)
+        split = root / "train" if (root / "train").is_dir() else root
+        files = sum(len(names) for _, _, names in os.walk(split)) if split.is_dir() else 0
+        return files if split != root else int(files * (1 - self.split.val - self.split.test))
+
+    def problem(self) -> str | None:
+        return folder_problem(self)
+
+    def notes(self) -> list[str]:
+        return folder_notes(self)
+
+    def fingerprint(self) -> str:
+        return files_fingerprint(self.root)  # a folder that grew retrains
+
 
 
 def _classes(folder: Path) -> list[str]:
@@ -62,11 +107,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning(message)
-
-
-def _folder_shape(spec: ImageFolderData):
-    classes, _ = folder_layout(spec)
-    return (3, spec.image_size, spec.image_size), len(classes)
 
 
 def decode(path: Path, size: int) -> np.ndarray:
@@ -207,8 +247,6 @@ def folder_notes(spec: ImageFolderData) -> list[str]:
             + "; ".join(skipped[:3]) + more]
 
 
-@register("imagefolder", shape=_folder_shape, check=folder_problem, notes=folder_notes,
-          fingerprint=lambda spec: files_fingerprint(spec.root))  # a growing folder retrains
 def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
     classes, files, skipped = readable_files(spec)
     # the splits: given by subfolders, or stratified fractions of everything (or of train/ when val/ or test/ lack)

@@ -6,15 +6,53 @@ Pixels stay uint8 (N, 3, 32, 32) and are resized/normalised per batch on the dev
 
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from kdchain.data.images import make_normalise
-from kdchain.data.registry import DataBundle, Split, files_fingerprint, register
-from kdchain.spec import Cifar10Data, SpecError
+from kdchain.data.splits import DataBundle, Split, files_fingerprint
+from kdchain.spec.base import SpecError
+from kdchain.spec.data import Augment, Source
+from kdchain.spec.kinds import SOURCES
 
+TRAIN_IMAGES = 50000
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+@SOURCES.register
+class Cifar10Data(Source):
+    """CIFAR-10 in its official python format (cifar-10-batches-py/) under `root`, read by torchvision."""
+
+    kind: Literal["cifar10"] = "cifar10"
+    root: str = Field("data", description="folder that holds cifar-10-batches-py/ (or where to download it)")
+    download: bool = Field(False, description="let torchvision download the archive (needs internet)")
+    image_size: int = Field(32, ge=8, le=512, description="images are resized (bilinear, per batch) to this size")
+    normalize: Literal["dataset", "imagenet"] = Field("dataset", description="per-channel mean/std of the training "
+                                                                             "split, or ImageNet's")
+    val: float = Field(0.1, ge=0.0, lt=0.5, description="share of the training files held out for validation; "
+                                                        "0 = train on all 50,000 (the example's protocol): "
+                                                        "validation metrics then come from the test split")
+    augment: Augment = Field(default_factory=lambda: Augment(crop_padding=4, flip=True),
+                             description="per-batch augmentation")
+
+    def load(self, seed: int) -> DataBundle:
+        return load_cifar10(self, seed)
+
+    def shape(self) -> tuple[tuple[int, int, int], int]:
+        return (3, self.image_size, self.image_size), 10
+
+    def train_images(self) -> int:
+        return int(TRAIN_IMAGES * (1 - self.val))
+
+    def problem(self) -> str | None:
+        return cifar_missing(self)
+
+    def fingerprint(self) -> str:
+        return files_fingerprint(Path(self.root) / "cifar-10-batches-py")
+
 
 
 def cifar_missing(spec: Cifar10Data) -> str | None:
@@ -76,10 +114,6 @@ def _cifar_dataset(root: str, train: bool, download: bool):
         meta = {**CIFAR10.meta, "md5": None}
 
     return (CIFAR10 if download else LocalCIFAR10)(root, train=train, download=download)
-
-
-@register("cifar10", shape=lambda spec: ((3, spec.image_size, spec.image_size), 10), check=cifar_missing,
-          fingerprint=lambda spec: files_fingerprint(Path(spec.root) / "cifar-10-batches-py"))
 
 
 def load_cifar10(spec: Cifar10Data, seed: int) -> DataBundle:

@@ -6,12 +6,56 @@ are option A of the paper: subsample and zero-pad the channels, no parameters, s
 ResNet-20 0.27M parameters as published.
 """
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
-from kdchain.models.registry import register
-from kdchain.spec import CnnArch, Derive, ResnetArch
+from kdchain.models.families.cnn import CnnArch
+from kdchain.spec.kinds import FAMILIES
+from kdchain.spec.models import Derive, Family
+
+
+@FAMILIES.register
+class ResnetArch(Family):
+    """CIFAR-style ResNet (He et al. 2016, sec. 4.2): 3 stages of n basic blocks, depth = 6n + 2."""
+
+    kind: Literal["resnet"] = "resnet"
+    depth: int = Field(20, ge=8, description="layers, 6n + 2: 8, 14, 20, 32, 44, 56, 110")
+    width: float = Field(1.0, gt=0.0, le=16.0, description="multiplier on the stage widths 16, 32, 64")
+
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_2(cls, depth: int):
+        if (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110), got {depth}")
+        return depth
+
+    def blocks(self) -> int:
+        return (self.depth - 2) // 6
+
+    def widths(self) -> list[int]:
+        return [max(1, round(c * self.width)) for c in (16, 32, 64)]
+
+    def build(self, num_classes: int, in_channels: int) -> nn.Module:
+        return CifarResNet(self, num_classes, in_channels)
+
+    def describe(self) -> str:
+        return f"resnet-{self.depth}" + (f" x{self.width:g}" if self.width != 1 else "")
+
+    def default_tap(self) -> str:
+        return "layer3"
+
+    def derive(self, derive: Derive):
+        if derive.to == "cnn":
+            # the same layout as a plain cnn: stem + 2n convs per stage, pooled where the ResNet strides
+            convs = [max(1, round(2 * self.blocks() * derive.depth)) for _ in range(3)]
+            return CnnArch(channels=[max(1, round(w * derive.width)) for w in self.widths()], convs_per_stage=convs)
+        blocks = max(1, round(self.blocks() * derive.depth))
+        return self.model_copy(update={"depth": 6 * blocks + 2, "width": self.width * derive.width})
+
 
 
 class PadShortcut(nn.Module):
@@ -69,21 +113,3 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))  # (N, 64w, H/4, W/4): the default feature tap
         return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def derive_resnet(arch: ResnetArch, derive: Derive):
-    if derive.to == "cnn":
-        # the same layout as a plain cnn: stem + 2n convs per stage, pooled where the ResNet strides
-        convs = [max(1, round(2 * arch.blocks() * derive.depth)) for _ in range(3)]
-        return CnnArch(channels=[max(1, round(w * derive.width)) for w in arch.widths()], convs_per_stage=convs)
-    blocks = max(1, round(arch.blocks() * derive.depth))
-    return arch.model_copy(update={"depth": 6 * blocks + 2, "width": arch.width * derive.width})
-
-
-def describe_resnet(arch: ResnetArch) -> str:
-    return f"resnet-{arch.depth}" + (f" x{arch.width:g}" if arch.width != 1 else "")
-
-
-@register("resnet", derive=derive_resnet, tap="layer3", describe=describe_resnet)
-def resnet(arch: ResnetArch, num_classes: int, in_channels: int) -> nn.Module:
-    return CifarResNet(arch, num_classes, in_channels)

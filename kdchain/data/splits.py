@@ -1,8 +1,8 @@
-"""The data registry: a source per spec `kind` registers its loader, shape, check and fingerprint here.
+"""What every data source hands to training: the splits (`Split`, `DataBundle`), batches of them, and the
+calls the rest of kdchain makes on a data spec, whatever its source (kdchain/data/sources/, one module a kind).
 
 Small data sets are held as one float tensor per split (N, C, H, W) and sliced by index: a DataLoader over
-in-memory tensors is several times slower and buys nothing here. This module is a leaf: the sources import
-`register` from it, and the package's `__init__` imports the sources.
+in-memory tensors is several times slower and buys nothing here.
 """
 
 import hashlib
@@ -13,10 +13,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from pydantic import TypeAdapter
 
 from kdchain.data.augment import make_augment
-from kdchain.spec import DataSpec, canonical_json, spec_hash
+from kdchain.spec.base import canonical_json, spec_hash
 
 
 @dataclass
@@ -58,48 +57,19 @@ class DataBundle:
                           self.num_classes, self.class_names, self.skipped, self.augment)
 
 
-LOADERS: dict[str, Callable[[DataSpec, int], DataBundle]] = {}
-SHAPES: dict[str, Callable[[DataSpec], tuple[tuple[int, int, int], int]]] = {}
-CHECKS: dict[str, Callable[[DataSpec], str | None]] = {}
-FINGERPRINTS: dict[str, Callable[[DataSpec], str]] = {}
-NOTES: dict[str, Callable[[DataSpec], list[str]]] = {}
+def missing_data(spec) -> str | None:
+    """One sentence saying which files are missing or unusable and what to do; None when the data can load."""
+    return spec.problem()
 
 
-def register(kind: str, shape: Callable[[DataSpec], tuple[tuple[int, int, int], int]],
-             check: Callable[[DataSpec], str | None] | None = None,
-             fingerprint: Callable[[DataSpec], str] | None = None,
-             notes: Callable[[DataSpec], list[str]] | None = None):
-    """`shape(spec)` -> ((C, H, W), num_classes) without loading the data, for checks and `inspect`;
-    `check(spec)` -> None, or one sentence saying which files are missing or unusable and what to do;
-    `notes(spec)` -> what `validate` says beside its OK (files a run will skip);
-    `fingerprint(spec)` -> a string that changes when the data behind the spec changes (files added, edited):
-    the spec alone does not say that an image folder grew."""
-    def wrap(fn):
-        LOADERS[kind] = fn
-        SHAPES[kind] = shape
-        if check is not None:
-            CHECKS[kind] = check
-        if fingerprint is not None:
-            FINGERPRINTS[kind] = fingerprint
-        if notes is not None:
-            NOTES[kind] = notes
-        return fn
-    return wrap
+def data_notes(spec) -> list[str]:
+    return spec.notes()
 
 
-def missing_data(spec: DataSpec) -> str | None:
-    return CHECKS[spec.kind](spec) if spec.kind in CHECKS else None
-
-
-def data_notes(spec: DataSpec) -> list[str]:
-    return NOTES[spec.kind](spec) if spec.kind in NOTES else []
-
-
-def data_fingerprint(spec: DataSpec) -> str:
-    """What the data behind a spec is now: its spec plus its kind's fingerprint. Keys caches and the
+def data_fingerprint(spec) -> str:
+    """What the data behind a spec is now: its spec plus its source's fingerprint. Keys caches and the
     per-process memo, so a retrain after new files arrived trains on them instead of reusing old results."""
-    fingerprint = FINGERPRINTS.get(spec.kind)
-    return spec_hash({"spec": spec.model_dump(mode="json"), "contents": fingerprint(spec) if fingerprint else None})
+    return spec_hash({"spec": spec.model_dump(mode="json"), "contents": spec.fingerprint()})
 
 
 def files_fingerprint(*paths: str | Path) -> str:
@@ -114,21 +84,21 @@ def files_fingerprint(*paths: str | Path) -> str:
     return h.hexdigest()
 
 
-def input_info(spec: DataSpec) -> tuple[tuple[int, int, int], int]:
-    """((C, H, W), num_classes) of the data set a spec names."""
-    return SHAPES[spec.kind](spec)
+def input_info(spec) -> tuple[tuple[int, int, int], int]:
+    """((C, H, W), num_classes) of the data set a spec names, without loading it."""
+    return spec.shape()
 
 
-def load_data(spec: DataSpec, seed: int) -> DataBundle:
+def load_data(spec, seed: int) -> DataBundle:
     """The data set a spec names, split with `seed`; memoised per process (a chain loads it once) until the data's
     fingerprint changes (a long-lived serve process sees the files that arrived since)."""
-    return _load_cached(canonical_json(spec), seed, data_fingerprint(spec))
+    return _load_cached(type(spec), canonical_json(spec), seed, data_fingerprint(spec))
 
 
 @lru_cache(maxsize=4)
-def _load_cached(spec_json: str, seed: int, fingerprint: str) -> DataBundle:
-    parsed = TypeAdapter(DataSpec).validate_json(spec_json)
-    bundle = LOADERS[parsed.kind](parsed, seed)
+def _load_cached(source: type, spec_json: str, seed: int, fingerprint: str) -> DataBundle:
+    parsed = source.model_validate_json(spec_json)
+    bundle = parsed.load(seed)
     bundle.augment = make_augment(parsed.augment)
     return bundle
 
@@ -146,7 +116,7 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> tuple
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
             shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches sliced from the split's tensors; order from a seeded permutation when shuffling."""
-    if hasattr(split, "stream"):  # a split streamed from disk (kdchain.data.folder.StreamSplit)
+    if hasattr(split, "stream"):  # a split streamed from disk (kdchain.data.sources.imagefolder.StreamSplit)
         yield from split.stream(batch_size, generator, shuffle, drop_last)
         return
     n = len(split)
