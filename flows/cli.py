@@ -96,43 +96,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdchain", description="Chained knowledge distillation: "
                                      "teacher -> A -> B -> C, orchestrated by Prefect, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _config_commands(sub)
+    _store_commands(sub)
+    return parser
 
-    def config_cmd(name, help_):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("config", type=Path, help="chain YAML, e.g. configs/digits-chain.yaml")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a field, e.g. --set generations.A.train.epochs=3 (repeatable)")
-        return p
 
-    p = config_cmd("run", "train the chain")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the project store)")
+def _config_command(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("config", type=Path, help="chain YAML, e.g. configs/digits-chain.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. --set generations.A.train.epochs=3 (repeatable)")
+    return p
+
+
+def _config_commands(sub) -> None:
+    """The commands that take a chain's config: run, validate, inspect, retrain, schedule."""
+    p = _config_command(sub, "run", "train the chain")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's tracking.uri, then "
+                                          "$MLFLOW_TRACKING_URI, then the project store)")
     p.add_argument("--fresh", nargs="?", const="teacher", metavar="GEN",
                    help="retrain GEN and every later generation (alone: all of them) in a new chain run, instead of "
                         "reusing finished ones")
     p.set_defaults(fn=lazy("flows.commands", "cmd_run"))
 
-    p = config_cmd("validate", "every check short of training (config, sizes, files, workdir, store, tracking "
-                               "server, CUDA); prints OK or one line per problem")
+    p = _config_command(sub, "validate", "every check short of training (config, sizes, files, workdir, store, "
+                                         "tracking server, CUDA); prints OK or one line per problem")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of configs instead")
     p.add_argument("--schema-only", action="store_true", help="check the config and its models only (no files, "
                                                                "workdir, store or server)")
     p.set_defaults(fn=cmd_validate)
 
-    p = config_cmd("inspect", "per generation, without training: architecture, params, FLOPs, feature maps")
+    p = _config_command(sub, "inspect", "per generation, without training: architecture, params, FLOPs, feature maps")
     p.add_argument("--json", action="store_true")
     p.add_argument("--nodes", action="store_true", help="list the tappable node names of each generation")
     p.set_defaults(fn=cmd_inspect)
 
-    p = config_cmd("retrain", "train the chain once more; the newcomer replaces the champion only if better")
+    p = _config_command(sub, "retrain", "train the chain once more; the newcomer replaces the champion only if better")
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=lazy("flows.commands", "cmd_retrain"))
 
-    p = config_cmd("schedule", "serve the retrain flow as a Prefect deployment on a cron schedule (needs a server)")
+    p = _config_command(sub, "schedule", "serve the retrain flow as a Prefect deployment on a cron schedule "
+                                         "(needs a server)")
     p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
     p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
     p.add_argument("--tracking-uri")
     p.set_defaults(fn=lazy("flows.commands", "cmd_schedule"))
 
+
+def _store_commands(sub) -> None:
+    """The commands around runs: the Prefect server, reading the store back, the workdir, sweeps, export, the UI."""
     p = sub.add_parser("server", help="keep a Prefect server running between runs (no start-up cost, a UI of every run)")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--port", type=int, default=4200, help="port on 127.0.0.1 (start; default 4200)")
@@ -153,23 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     p.set_defaults(fn=lazy("flows.housekeeping", "cmd_clean"))
 
-    from flows.sweep_command import add_sweep_args, cmd_sweep
+    from flows.sweep_command import add_sweep_args
 
     p = sub.add_parser("sweep", help="a grid of settings x seeds, each a chain run, at once on Dask or threads; "
                                      "test accuracy mean ± std per grid point and generation")
     add_sweep_args(p)
-    p.set_defaults(fn=cmd_sweep)
+    p.set_defaults(fn=lazy("flows.sweep_command", "cmd_sweep"))
 
-    from flows.export import add_export_args, cmd_export
+    from flows.export import add_export_args
 
     p = sub.add_parser("export", help="a chain run's generations as fp32 and int8 ONNX files with manifest.json")
     add_export_args(p)
-    p.set_defaults(fn=cmd_export)
+    p.set_defaults(fn=lazy("flows.export", "cmd_export"))
 
     p = sub.add_parser("ui", help="the MLflow UI on the project's store, bound to 127.0.0.1; prints deep links")
     add_ui_args(p)
     p.set_defaults(fn=lazy("flows.ui", "cmd_ui"))
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,27 +109,12 @@ def search_generation(spec: ChainSpec, index: int, teacher_checkpoint: str, teac
     total = min(search.trials, len(feasible))
     progress.note(f"{gen_spec.name}: searching {total} of {len(feasible)} candidates within budget, "
                   f"{search.runner.workers} at a time ({search.runner.kind})")
-    results: list[TrialResult] = []
-    asked: set[str] = set()
+    def submit(trial, candidate):
+        return search_trial.submit(spec, index, gen_spec.name, trial.number, trial._trial_id, candidate,
+                                   teacher_checkpoint, str(journal), study_name, search_run_id, tracking_uri)
+
     try:
-        while len(results) < total:
-            batch = []
-            for _ in range(min(search.runner.workers, total - len(results))):
-                picked = ask(study, search, feasible, asked)
-                if picked is None:
-                    break
-                trial, cand = picked
-                batch.append((trial, search_trial.submit(spec, index, gen_spec.name, trial.number, trial._trial_id,
-                                                         cand, teacher_checkpoint, str(journal), study_name,
-                                                         search_run_id, tracking_uri)))
-            if not batch:
-                break  # the sampler found no new candidate within budget
-            for trial, future in batch:
-                result = future.result()
-                tell(study, search, trial._trial_id, result)
-                results.append(result)
-                progress.note(f"{gen_spec.name}: trial {result.number} {result.summary} "
-                              f"{result.params} -> val {result.val_accuracy:.4f} ({result.state}, {result.worker})")
+        results = _trials(study, search, feasible, total, submit, gen_spec.name)
         number, reason = select_winner(search, results, teacher_val_accuracy)
         result = SearchResult(generation=index, trials=results, winner=number, front=pareto_front(results),
                               reason=reason, candidates=len(feasible), mlflow_run_id=search_run_id,
@@ -146,6 +131,29 @@ def search_generation(spec: ChainSpec, index: int, teacher_checkpoint: str, teac
     out.mkdir(parents=True, exist_ok=True)
     done_file.write_text(result.model_dump_json(indent=2))
     return result
+
+
+def _trials(study, search, feasible: list[Candidate], total: int, submit, name: str) -> list[TrialResult]:
+    """Rounds of `runner.workers` trials at once, each asked of the study and told its result, until `total` ran
+    or the sampler finds no new candidate within budget. `submit(trial, candidate)` returns the trial's future."""
+    results: list[TrialResult] = []
+    asked: set[str] = set()
+    while len(results) < total:
+        batch = []
+        for _ in range(min(search.runner.workers, total - len(results))):
+            picked = ask(study, search, feasible, asked)
+            if picked is None:
+                break
+            batch.append((picked[0], submit(*picked)))
+        if not batch:
+            break
+        for trial, future in batch:
+            result = future.result()
+            tell(study, search, trial._trial_id, result)
+            results.append(result)
+            progress.note(f"{name}: trial {result.number} {result.summary} {result.params} -> val "
+                          f"{result.val_accuracy:.4f} ({result.state}, {result.worker})")
+    return results
 
 
 def _artifacts(spec: ChainSpec, name: str, result: SearchResult) -> None:

@@ -32,7 +32,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="tcp://HOST:8786", help="an existing Dask scheduler (--runner dask); its "
                    "workers must import kdchain and reach the workdir, the MLflow store and the Prefect API")
     p.add_argument("--workers", type=int, help="chains at a time (default: the number of chains, at most the cores)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the project store)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the config's tracking.uri, then "
+                                          "$MLFLOW_TRACKING_URI, then the project store)")
 
 
 def sweep_settings(args):

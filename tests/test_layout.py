@@ -9,7 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "pre_split"
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
 def _modules(*packages: str) -> dict[str, Path]:

@@ -299,6 +299,22 @@ def _teacher_batch(x, y, idx, teacher_fwd, cached, views: StoredViews | None, vi
     return x, y, teacher_out
 
 
+def _student_forward(student: nn.Module, loss: DistillLoss, train: TrainSpec, device: torch.device, world: int):
+    """x -> the student's outputs the loss reads: over the ranks when there are several, compiled when asked."""
+    forward = outputs_of(student, loss.nodes("student"))
+    if world > 1:
+        forward = data_parallel(student, loss.nodes("student"), device)
+    return torch.compile(forward) if train.compile else forward
+
+
+def _save_state(path: Path, epoch: int, student: nn.Module, loss: DistillLoss, opt, sched, gen: torch.Generator,
+                result: FitResult) -> None:
+    """Everything a resume after `epoch` needs: weights, optimizer and schedule, both random states, the history."""
+    atomic_save({"student": trained_state(student), "loss": loss.state_dict(), "optimizer": opt.state_dict(),
+                 "schedule": sched.state_dict(), "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "epoch": epoch, "history": [_report_dict(r) for r in result.restored + result.history]}, path)
+
+
 def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: DataBundle, train: TrainSpec,
         seed: int = 0, on_epoch: Callable[[EpochReport], None] | None = None,
         device: torch.device | str = "cpu", state_path: Path | None = None,
@@ -318,11 +334,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
 
     place(student, device).train()
     loss.to(device).train()
-    student_fwd = outputs_of(student, loss.nodes("student"))
-    if world > 1:
-        student_fwd = data_parallel(student, loss.nodes("student"), device)
-    if train.compile:
-        student_fwd = torch.compile(student_fwd)
+    student_fwd = _student_forward(student, loss, train, device, world)
     # a split streamed from disk (kdchain.data.sources.imagefolder.StreamSplit) stays where it is; in-memory ones move
     streamed = hasattr(data.train, "stream")
     train_split = data.train if streamed else data.train.to(device)
@@ -353,12 +365,8 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
                                  time.perf_counter() - t0)
             result.history.append(report)
             result.train_seconds += report.seconds
-            if state_path is not None and rank == 0:
-                atomic_save({"student": trained_state(student), "loss": loss.state_dict(),  # replaces last epoch's
-                             "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                             "batch_rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                             "history": [_report_dict(r) for r in result.restored + result.history]},
-                            Path(state_path))
+            if state_path is not None and rank == 0:  # replaces the last epoch's
+                _save_state(Path(state_path), epoch, student, loss, opt, sched, gen, result)
             if on_epoch is not None:
                 on_epoch(report)
     finally:

@@ -23,13 +23,13 @@ from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
                                      version_description)
 from kdchain.tracking.report import ChainReport
-from kdchain.tracking.reuse import MODEL_URI, REUSED_FROM
-from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, CHOSEN, DEFAULT_UI, GENERATION, GENERATION_NAME, KIND,
-                                    PARENT, SEARCH_OF, SEARCH_RUN, SUPERSEDED, TABLE_KEYS, TEACHER_RUN, TRIAL, WINNER,
-                                    WORKER, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
+from kdchain.tracking.search_runs import SearchRuns
+from kdchain.tracking.tables import CLASS_NAMES, GenerationTables
+from kdchain.tracking.reuse import MODEL_URI
+from kdchain.tracking.store import (CACHE_KEY, CHAIN_DIGEST, DEFAULT_UI, GENERATION, GENERATION_NAME, KIND, PARENT,
+                                    SUPERSEDED, TEACHER_RUN, chunks, now_ms, prepare_sqlite, sqlite_path, store_exists)
 
 WARNING = "kdchain.warning"
-CLASS_NAMES = "kdchain.class_names"  # a JSON list, in output order
 
 
 def _pip_requirements() -> list[str]:
@@ -62,7 +62,7 @@ def _requirements_taken_as_given():
         environment.warn_dependency_requirement_mismatches = check
 
 
-class Tracker(ChainReport):
+class Tracker(ChainReport, SearchRuns, GenerationTables):
     def __init__(self, uri: str, experiment: str, experiment_id: str | None = None):
         self.uri = uri
         db = sqlite_path(uri)
@@ -279,98 +279,6 @@ class Tracker(ChainReport):
             run.data.tags.get(GENERATION_NAME, "?"), chain.info.run_name, run.data.metrics,
             self.run_url(run_id, host), self.run_url(chain_run_id, host)))
         return version.version
-
-    # ------------------------------------------------------------------------------------------ searches
-
-    def search_run(self, chain_name: str, parent_id: str, index: int, name: str, search_json: str) -> str:
-        """The run of one generation's search, nested under the chain run; its trials nest under it. It has no
-        kdchain.generation tag: compare and the cache see only the generation's own run."""
-        run = self.client.create_run(self.experiment_id, run_name=f"{chain_name} · {name} · search",
-                                     tags={KIND: "search", SEARCH_OF: str(index), GENERATION_NAME: name,
-                                           PARENT: parent_id})
-        self.client.log_text(run.info.run_id, search_json, "search.json")
-        return run.info.run_id
-
-    def trial_run(self, search_run_id: str, chain_name: str, name: str, number: int, params: dict, summary: str,
-                  worker: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"{chain_name} · {name} · trial {number}",
-                                     tags={KIND: "trial", PARENT: search_run_id, TRIAL: str(number),
-                                           WORKER: worker, "mlflow.note.content": summary})
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                              synchronous=True)
-        return run.info.run_id
-
-    def finish_trial(self, run_id: str, metrics: dict[str, float], state: str, step: int) -> None:
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms(), step) for k, v in metrics.items()],
-                              tags=[RunTag("kdchain.trial_state", state)], synchronous=True)
-        self.client.set_terminated(run_id, status="FINISHED")
-
-    def finish_search(self, run_id: str, winner: int, winner_run_id: str | None, reason: str, plot: str | None,
-                      result_json: str) -> None:
-        tags = [RunTag(WINNER, str(winner)), RunTag("kdchain.search.reason", reason[:5000])]
-        if winner_run_id:
-            self.client.set_tag(winner_run_id, "kdchain.chosen", "true")
-        self.client.log_batch(run_id, tags=tags, synchronous=True)
-        self.client.log_text(run_id, result_json, "search_result.json")
-        if plot:
-            self.client.log_artifact(run_id, plot)
-        self.client.set_terminated(run_id, status="FINISHED")
-
-    def mark_searched(self, generation_run_id: str, search_run_id: str, label: str) -> None:
-        """On the generation's run: which search and which trial chose its student (compare shows it)."""
-        self.client.log_batch(generation_run_id, tags=[RunTag(SEARCH_RUN, search_run_id), RunTag(CHOSEN, label)],
-                              synchronous=True)
-
-    # ------------------------------------------------------------------------------------------ reading back
-
-    def chain_runs(self) -> list:
-        return self.client.search_runs([self.experiment_id], f"tags.`{KIND}` = 'chain'",
-                                       order_by=["attributes.start_time DESC"])
-
-    def generation_table(self, chain_run_id: str | None = None) -> tuple[str | None, list[dict]]:
-        """(chain run id, one row per finished generation in order) of the given or the latest chain run."""
-        if chain_run_id is None:
-            runs = self.chain_runs()
-            if not runs:
-                return None, []
-            chain_run_id = runs[0].info.run_id
-        children = self._finished_children(chain_run_id)
-        rows = {}
-        for run in children:
-            index = int(run.data.tags.get(GENERATION, -1))
-            if index < 0 or index in rows:
-                continue
-            rows[index] = {"generation": index, "name": run.data.tags.get(GENERATION_NAME),
-                           "run_id": run.info.run_id, "summary": run.data.tags.get("mlflow.note.content", ""),
-                           **{k: run.data.metrics.get(k) for k in TABLE_KEYS},
-                           "class_names": json.loads(run.data.tags.get(CLASS_NAMES, "null"))}
-            if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
-                rows[index]["note"] = run.data.tags[CHOSEN]
-            if REUSED_FROM in run.data.tags:  # not trained in this chain run: compare says where it was
-                rows[index]["reused_from"] = run.data.tags[REUSED_FROM]
-                rows[index]["note"] = " ".join(filter(None, [rows[index].get("note"),
-                                                             f"reused from run {run.data.tags[REUSED_FROM][:8]}"]))
-        return chain_run_id, [rows[i] for i in sorted(rows)]
-
-    def chain_summaries(self) -> list[dict]:
-        """Every chain run of the experiment, newest first, with its final (last finished) student's metrics."""
-        out = []
-        for run in self.chain_runs():
-            _, rows = self.generation_table(run.info.run_id)
-            final = rows[-1] if rows else {}
-            out.append({"chain_run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-                        "started": datetime.fromtimestamp(run.info.start_time / 1000).isoformat(timespec="seconds"),
-                        "generations": len(rows), "teacher_test_accuracy": rows[0]["test_accuracy"] if rows else None,
-                        "final": final.get("name"), "final_summary": final.get("summary"),
-                        "final_run_id": final.get("run_id"), **{k: final.get(k) for k in TABLE_KEYS}})
-        return out
-
-    def chain_run_exists(self, run_id: str) -> bool:
-        try:
-            run = self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            return False
-        return run.info.experiment_id == self.experiment_id and run.data.tags.get(KIND) == "chain"
 
     def run_url(self, run_id: str, host: str = DEFAULT_UI) -> str:
         return run_url(host, self.experiment_id, run_id)
