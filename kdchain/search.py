@@ -23,15 +23,8 @@ from kdchain.distill import fit, pick_device
 from kdchain.measure.profile import count_flops, latency_ms
 from kdchain.models import build_model, default_tap, derive_arch, describe, resolve_student
 from kdchain.resolve import resolve_chain, tapped_nodes
-from kdchain.search_results import (  # noqa: F401
-    Candidate,
-    SearchResult,
-    TrialResult,
-    knee_floor,
-    pareto_front,
-    pareto_plot,
-    select_winner,
-)
+from kdchain.search_results import (Candidate, SearchResult, TrialResult, knee_floor, pareto_front,  # noqa: F401
+                                    pareto_plot, select_winner)
 from kdchain.spec import (ChainSpec, Derive, DeriveStudent, PruneStudent, SearchSpec, SpecError, canonical_json,
                           spec_hash)
 from kdchain.students import build_loss, pruned_student, view_store

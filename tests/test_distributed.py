@@ -17,15 +17,7 @@ from kdchain.spec import ChainSpec
 from kdchain.tracking import GENERATION
 from tests.conftest import free_port, tiny_chain, write_config
 from tests.test_interrupts import alive, descendants, until_epoch
-from tests.test_reliability import (  # noqa: F401
-    cli,
-    cli_env,
-    epoch_steps,
-    finish,
-    gen_runs,
-    runs_of,
-    store,
-)
+from tests.test_reliability import cli, cli_env, epoch_steps, finish, gen_runs, runs_of, store  # noqa: F401
 
 EPOCHS = 12
 

@@ -16,14 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, tiny_chain, write_config
-from tests.test_reliability import (  # noqa: F401
-    cli_env,
-    epoch_steps,
-    finish,
-    gen_runs,
-    runs_of,
-    store,
-)
+from tests.test_reliability import cli_env, epoch_steps, finish, gen_runs, runs_of, store  # noqa: F401
 
 # about 4 minutes: each test starts `kdchain run` with its own temporary Prefect server, as a new user's
 # terminal does, and signals it; `make test-all`

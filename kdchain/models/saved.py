@@ -10,18 +10,8 @@ from it; and the pickle module MLflow saves a generation's logged model with, so
 
 import pickle
 from pathlib import Path
-from pickle import (  # noqa: F401
-    DEFAULT_PROTOCOL,
-    HIGHEST_PROTOCOL,
-    PickleError,
-    PicklingError,
-    Unpickler,
-    UnpicklingError,
-    dump,
-    dumps,
-    load,
-    loads,
-)
+from pickle import (DEFAULT_PROTOCOL, HIGHEST_PROTOCOL, PickleError, PicklingError, Unpickler,  # noqa: F401
+                    UnpicklingError, dump, dumps, load, loads)
 
 import torch
 from pydantic import TypeAdapter
