@@ -1,4 +1,4 @@
-"""Issue 18's bad inputs as a user meets them: each through `kdchain validate` and `kdchain run` as a fresh process
+"""The bad inputs as a user meets them: each through `kdchain validate` and `kdchain run` as a fresh process
 (python -m flows.cli, so the seconds include Python, torch and MLflow imports), with the exit code, the lines on
 stderr, the wall seconds, the CPU seconds (user + system: what the wall time is on an idle machine, where a busy
 shared one stretches the wall time) and whether anything was written beside the config.

@@ -1,5 +1,5 @@
 """Test accuracy of a student distilled with the teacher-output cache against the same student with the teacher
-run live every batch (issue 4: within 0.3 points). Same seed, data and epochs; one process.
+run live every batch (the target: within 0.3 points). Same seed, data and epochs; one process.
 
     python bench/cache_accuracy.py [--config configs/digits-chain.yaml] [--generation A] [--seeds 0 1 2]
 """

@@ -8,8 +8,8 @@ untrained VGG19's state dict as TORCH_HOME's vgg19-dcbb9e9d.pth; tests/conftest.
 
 Runs `kdchain run` on a fresh store and workdir under /tmp, then sums the files of the workdir (checkpoints,
 ONNX files) and of the MLflow artifact root (logged models, checkpoint and ONNX artifacts) per generation folder,
-and divides by the generation's weights (its checkpoint's state_dict bytes): "copies" is what issue 20 asks to
-bring to at most 2 (one in the workdir, one in MLflow).
+and divides by the generation's weights (its checkpoint's state_dict bytes): "copies" should be at
+most 2 (one in the workdir, one in MLflow).
 """
 
 import argparse

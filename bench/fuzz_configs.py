@@ -3,7 +3,7 @@
     python bench/fuzz_configs.py [examples]      (default 1000)
 
 Every example must either validate (exit 0, "OK: ...") or be refused (exit 2, one line per problem, no traceback,
-nothing written); issue 18's kinds (booleans for numbers, zero losses, absurd sizes, bad tracking URIs and
+nothing written); the mutation kinds that are always mistakes (booleans for numbers, zero losses, absurd sizes, bad tracking URIs and
 workdirs, keys given twice, files that are not UTF-8) must always be refused. A failing example stops the run with
 hypothesis's minimal reproduction.
 """

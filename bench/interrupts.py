@@ -5,7 +5,7 @@ of its tree left 5 s later, MLflow runs left RUNNING.
 
 Each trial is a real `kdchain run` of a digits chain with Prefect's temporary server (a new user's setup), stopped
 during a teacher epoch picked at random (2-5) by: Ctrl-C to the process group (`ctrl-c`), SIGTERM to kdchain
-(`sigterm`), `kill -9` of kdchain (`kill-9`), or `kill -9` of the Prefect server (`server-lost`). The issue's
+(`sigterm`), `kill -9` of kdchain (`kill-9`), or `kill -9` of the Prefect server (`server-lost`). The promised
 bounds: 5 s (signals), no process left after 5 s (kill -9), 30 s (server lost). A kill -9 cannot end its MLflow
 runs: they stay RUNNING until the next run of the chain ends them as KILLED (and resumes the generation).
 """

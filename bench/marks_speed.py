@@ -1,4 +1,4 @@
-"""Images per second of the `marks` generator at 32x32 (issue 3 asks for >= 20,000/s on this CPU).
+"""Images per second of the `marks` generator at 32x32 (the target: >= 20,000/s on a 2-core CPU).
 
 Usage: python bench/marks_speed.py [--count N] [--threads T]. Prints the machine's load average too: on a
 shared machine the figure falls with the other processes' load.

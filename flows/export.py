@@ -1,4 +1,4 @@
-"""`kdchain export CHAIN_RUN --out DIR`: a finished chain's family as one folder (kdchain.bundle), read from MLflow.
+"""`kdchain export [CHAIN_RUN] --out DIR`: a finished chain's family as one folder (kdchain.bundle), read from MLflow.
 
 Trains nothing and starts no Prefect server; a generation the chain did not quantize is quantized here.
 """
@@ -12,8 +12,9 @@ from flows.command_helpers import EXIT_USAGE
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("chain_run", metavar="CHAIN_RUN", help="the chain run's id, as `kdchain run` and "
-                   "`kdchain compare --all` print it")
+    p.add_argument("chain_run", metavar="CHAIN_RUN", nargs="?", default="latest",
+                   help="the chain run's id, as `kdchain run` and `kdchain compare --all` print it (default: the "
+                        "store's latest finished chain run)")
     p.add_argument("--out", type=Path, required=True, help="folder to create: the ONNX files and manifest.json")
     p.add_argument("--tracking-uri")
 
@@ -34,6 +35,15 @@ def cmd_export(args) -> int:
         print(f"kdchain export: --out {out} exists and is not an empty folder; give a new folder", file=sys.stderr)
         return EXIT_USAGE
     uri = resolve_uri(args.tracking_uri)
+    if args.chain_run == "latest":
+        from kdchain.tracking.store import latest_chain_run
+
+        latest = latest_chain_run(uri, status="FINISHED")
+        if latest is None:
+            print(f"kdchain export: no finished chain run in {uri}; run a chain first or pass --tracking-uri",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        args.chain_run = latest.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
             spec_yaml, rows = chain_sources(uri, args.chain_run, Path(tmp))

@@ -1,5 +1,5 @@
-"""README's work-pool procedure, run as written: the commands of its marked block, in order, with a free port for 4200
-and a one-generation chain passed to the triggered run (`-p config=...`, as the README says). A real Prefect server,
+"""docs/retraining.md's work-pool procedure, run as written: the commands of its marked block, in order, with a free port for 4200
+and a one-generation chain passed to the triggered run (`-p config=...`, as the page says). A real Prefect server,
 a process work pool, `prefect deploy` of prefect.yaml, a process worker, a retrain that completes and is recorded."""
 
 import os
@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import ROOT, free_port, tiny_chain, write_config
 
-# about 80 s: a server, a work pool, a worker and a deployment, as the README's procedure; `make test-all`
+# about 80 s: a server, a work pool, a worker and a deployment, as docs/retraining.md's procedure; `make test-all`
 pytestmark = pytest.mark.slow
 
 
@@ -23,8 +23,8 @@ MARKER = "<!-- work-pool procedure: tests/test_workpool.py runs this block -->"
 
 
 def readme_procedure() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = text.split(MARKER, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    text = (ROOT / "docs" / "retraining.md").read_text()
+    block = text.split(MARKER, 1)[1].split("```bash", 1)[1].split("\n", 1)[1].split("```", 1)[0]
     return [line.split("  #")[0].rstrip() for line in block.splitlines() if line.strip()]
 
 

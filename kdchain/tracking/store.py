@@ -198,12 +198,18 @@ def experiment_of_run(uri: str, run_id: str) -> str | None:
         return None
 
 
-def latest_chain_experiment(uri: str) -> str | None:
-    """The experiment of the most recent kdchain chain run in the store."""
+def latest_chain_run(uri: str, status: str | None = None):
+    """The most recent kdchain chain run in the store (optionally of that status), or None; creates nothing."""
     if not store_exists(uri):
         return None
     client = MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, f"tags.`{KIND}` = 'chain'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if ids else []
-    return client.get_experiment(runs[0].info.experiment_id).name if runs else None
+    where = f"tags.`{KIND}` = 'chain'" + (f" and attributes.status = '{status}'" if status else "")
+    runs = client.search_runs(ids, where, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    return runs[0] if runs else None
+
+
+def latest_chain_experiment(uri: str) -> str | None:
+    """The experiment of the most recent kdchain chain run in the store."""
+    run = latest_chain_run(uri)
+    return MlflowClient(uri).get_experiment(run.info.experiment_id).name if run else None
