@@ -84,6 +84,33 @@ def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:
     return problems
 
 
+def forward_problems(spec: ChainSpec, source: str = "config") -> list[str]:
+    """Each generation's model built as it will train (a pruned one planned on its teacher's initial weights) and
+    run on one image of the data's shape: an architecture that cannot be pruned, or does not take these images,
+    is one line here instead of a traceback hours into `run`."""
+    from kdchain.models.pruned import planned
+    from kdchain.spec import canonical_json
+
+    input_shape, num_classes = input_info(spec.data)
+    problems = []
+    for g in resolve_chain(spec):
+        try:
+            arch = g.arch
+            if arch.kind == "pruned" and arch.record is None:
+                arch = planned(canonical_json(arch), num_classes, input_shape[0], input_shape[-1])
+            with torch.no_grad():
+                build_model(arch, num_classes, input_shape[0]).eval()(torch.zeros(1, *input_shape))
+        except SpecError as e:  # a builder's own sentence
+            problems += [f"{source}: {arch_field(g, line)}" for line in e.lines]
+        except Exception as e:  # the library's own words: the first line names what failed
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:160]
+            what = "be pruned and run" if g.arch.kind == "pruned" else "run"
+            line = (f"model: {describe(g.arch)} cannot {what} on the data's {tuple(input_shape)} images "
+                    f"({type(e).__name__}: {first})")
+            problems.append(f"{source}: {arch_field(g, line)}")
+    return problems
+
+
 def deploy_problems(spec: ChainSpec, source: str = "config") -> list[str]:
     """Generations to be quantized whose model cannot be exported to ONNX (an operator opset 17 lacks, such as
     VOLO's col2im): found by exporting the untrained model now, before hours of training end in that error."""
@@ -121,7 +148,7 @@ def inspect_chain(spec: ChainSpec, with_nodes: bool = False) -> list[dict]:
         taps = {default_tap(g.arch)} | {t.student_node for t in g.distill if type(t).features}
         if g.index + 1 < len(gens):
             taps |= {t.teacher_node for t in gens[g.index + 1].distill if type(t).features}
-        summary = describe(known.arch) + "".join(f" ({t})" for t in (known.source, known.note) if t)
+        summary = describe(known.arch) + (f" ({known.note or known.source})" if known.source else "")
         row = {"index": g.index, "name": g.name, "summary": summary, "arch": known.arch.model_dump(mode="json"),
                "source": known.source,
                "params": count_params(model), "flops": count_flops(model, input_shape),

@@ -74,9 +74,19 @@ def known_archs(spec: ChainSpec, gens: list[ResolvedGeneration]) -> list[KnownAr
             out.append(KnownArch(pruned_student(teacher, teacher_arch, arch, data, spec.seed + g.index)[1],
                                  FROM_TEACHER))
             continue
-        if g.index > 0 and out[-1].source in (TRAINED, FROM_TEACHER):
+        if g.index > 0 and out[-1].arch.kind == "pruned":
             arch = arch.model_copy(update={"base": out[-1].arch})  # its teacher's shape is known: plan on it
         depth = arch.prune.depth < 1
-        out.append(KnownArch(arch, INITIAL, "blocks chosen on initial weights; the trained teacher may keep others"
-                             if depth else ""))
+        out.append(KnownArch(_planned(spec, arch), INITIAL, "planned on initial weights; the trained teacher may "
+                                                            "remove other blocks" if depth else ""))
     return out
+
+
+def _planned(spec: ChainSpec, arch):
+    """The plan made concrete on the teacher's initial weights (the record filled in), at the data's image size."""
+    from kdchain.data import input_info
+    from kdchain.models.pruned import planned
+    from kdchain.spec import canonical_json
+
+    (channels, _, size), num_classes = input_info(spec.data)
+    return planned(canonical_json(arch), num_classes, channels, size)

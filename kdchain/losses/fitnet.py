@@ -18,6 +18,12 @@ class HintRegressor(nn.Module):
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
+        if len(student_shape) == 2:  # a transformer's tokens (T, D): a linear map of each token, as FeatureAdapter
+            from kdchain.losses.feature import FeatureAdapter
+
+            self.conv = FeatureAdapter(student_shape, teacher_shape)
+            self.size = None
+            return
         self.conv = nn.Conv2d(student_shape[0], teacher_shape[0], 3, padding=1, bias=False)
         self.size = tuple(teacher_shape[1:]) if tuple(student_shape[1:]) != tuple(teacher_shape[1:]) else None
 

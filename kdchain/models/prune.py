@@ -81,9 +81,16 @@ def removable_blocks(model: nn.Module, x: torch.Tensor) -> list[list[str]]:
 
 
 def _holds_conv(module: nn.Module) -> bool:
+    """A block a depth prune may remove: one holding a convolution, or a transformer block (its attention)."""
     if isinstance(module, nn.Conv2d):
         return module.groups == 1  # a depthwise conv alone is not a block
-    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+    return any(isinstance(m, nn.Conv2d) for m in module.modules()) or bool(attention_modules(module))
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm's attention modules (ViT, DeiT, ...): a `qkv` projection and the head count its forward reshapes by."""
+    return [m for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear)
+            and isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "head_dim", None), int)]
 
 
 def block_scores(model: nn.Module, blocks: list[list[str]], xs: list[torch.Tensor]) -> dict[str, float]:
@@ -135,9 +142,13 @@ def drop_blocks(model: nn.Module, prune: Prune, xs: list[torch.Tensor], keep: li
 # ---------------------------------------------------------------------------------------------- width
 
 
-def ignored_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs keep every channel: the head, and a CIFAR ResNet's residual stream."""
+def ignored_layers(model: nn.Module, prune: Prune | None = None) -> list[nn.Module]:
+    """Layers whose outputs keep every channel: the head, a CIFAR ResNet's residual stream, and a transformer's
+    embedding (the stem that writes the residual stream) unless `prune.embed`."""
     ignored = [model.get_submodule(head_name(model))]
+    stem = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if attention_modules(model) and isinstance(stem, nn.Module) and not (prune and prune.embed):
+        ignored.append(stem)
     if isinstance(model, CifarResNet):
         ignored.append(model.conv1)
         for m in model.modules():
@@ -161,6 +172,18 @@ def recover(student: nn.Module, teacher: nn.Module, data: list[tuple[torch.Tenso
     student.eval()
 
 
+LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+          nn.Embedding, nn.PReLU)  # layers torch-pruning knows how to prune
+
+
+def _unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters held outside the layers torch-pruning knows (a ViT's class token and position embedding, a
+    ConvNeXt block's layer scale): their last dimension is the channels', pruned with them."""
+    owners = dict(model.named_modules())
+    return [(p, p.dim() - 1) for name, p in model.named_parameters()
+            if not isinstance(owners[name.rpartition(".")[0]], LAYERS)]
+
+
 def rounded_ratios(model: nn.Module, width: float, ignored: list[nn.Module]) -> dict[nn.Module, float]:
     """Per layer, the pruning ratio that keeps round(C * width) of its C output channels, as `derive` does:
     torch-pruning keeps int(C * (1 - ratio)), the floor, which made a pruned C of the marks chain 7% smaller than
@@ -179,17 +202,27 @@ def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, 
                                                   for m in model.modules()):
         raise SpecError(["model.prune.importance: bn_scale ranks channels by BatchNorm scales and this model has "
                          "no BatchNorm; use importance l2"])
-    ignored = ignored_layers(model)
+    ignored = ignored_layers(model, prune)
+    attention = attention_modules(model)
+    heads = prune.attention == "heads"
     pruner = tp.pruner.BasePruner(model, data[0][0][:2], importance=IMPORTANCE[prune.importance](),
                                   pruning_ratio=1 - prune.width, iterative_steps=prune.steps,
                                   pruning_ratio_dict=rounded_ratios(model, prune.width, ignored),
-                                  ignored_layers=ignored, round_to=prune.round_to)
+                                  ignored_layers=ignored, round_to=prune.round_to,
+                                  unwrapped_parameters=_unwrapped(model),
+                                  num_heads={m.qkv: m.num_heads for m in attention}, prune_num_heads=heads,
+                                  prune_head_dims=not heads, head_pruning_ratio=1 - prune.width if heads else 0.0)
     for step in range(prune.steps):
         if prune.importance == "taylor":  # weight x gradient of the cross-entropy on the seeded batches
             model.zero_grad()
             for x, y in data:
                 F.cross_entropy(model(x), y).backward()
         pruner.step()
+        for m in attention:  # the head count and size the forward reshapes by follow the pruned qkv
+            m.num_heads = pruner.num_heads[m.qkv]
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            if isinstance(getattr(m, "attn_dim", None), int):
+                m.attn_dim = m.num_heads * m.head_dim
         if step + 1 < prune.steps and prune.recovery_batches:
             recover(model, teacher, sample(prune.recovery_batches))
     model.zero_grad(set_to_none=True)

@@ -50,6 +50,8 @@ def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) 
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         base = build_model(arch.base, num_classes, in_channels)
+        native = getattr(getattr(base, "patch_embed", None), "img_size", None)  # a ViT takes one image size only
+        size = native[0] if isinstance(native, (tuple, list)) else size
         concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
     return concrete.model_copy(update={"prune": arch.prune})
 

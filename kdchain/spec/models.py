@@ -4,7 +4,7 @@ of them (Arch, AnyArch, StudentSpec) are built in kdchain.spec.unions."""
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from kdchain.spec.base import SpecError, Strict
 
@@ -78,6 +78,22 @@ class Prune(Strict):
                                                    "teacher (recovery_batches) between them")
     batches: int = Field(4, ge=0, le=64, description="seeded training batches that score taylor channels and blocks")
     recovery_batches: int = Field(20, ge=0, description="distillation steps between two pruning steps")
+    attention: Literal["dims", "heads"] = Field(
+        "dims", description="a transformer's attention keeps `width` of each head's channels (dims) or of its heads "
+                            "(heads); qkv, proj and the head count and size its forward uses change together")
+    embed: bool = Field(False, description="a transformer also loses `width` of its embedding (the residual stream "
+                                           "every block adds to); by default it keeps it")
+
+    @model_serializer(mode="wrap")
+    def _defaults_left_out(self, handler):
+        # the defaults of the transformer settings are left out of the dump: generation keys stay as they were
+        data = handler(self)
+        if isinstance(data, dict):
+            if self.attention == "dims":
+                data.pop("attention", None)
+            if not self.embed:
+                data.pop("embed", None)
+        return data
 
     @model_validator(mode="after")
     def _scores_need_data(self):
