@@ -124,6 +124,8 @@ def _record(tracker: Tracker, spec: ChainSpec, run_id: str, outcome, model, teac
     tracker.log_confusion(run_id, outcome.confusion, outcome.class_names, f"{spec.name} · {name}: test split")
     if outcome.skipped:  # the metric skipped_files counts them
         tracker.log_skipped(run_id, outcome.skipped)
+    if outcome.candidates:  # a student sized by its target: the plans that met it, probed, the one chosen
+        tracker.log_sizing(run_id, outcome.candidates, f"{spec.name} · {name}: plans that meet the target")
     if outcome.export_warning:  # the generation is kept; its run says why it has no ONNX file
         tracker.warn(run_id, outcome.export_warning)
         progress.note(f"{name}: warning: {outcome.export_warning}")

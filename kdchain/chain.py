@@ -27,7 +27,8 @@ from kdchain.resources import ResourceError, resource_error
 from kdchain.scoring import test_metrics
 from kdchain.shipping import export_checked, int8_tags, quantize_generation
 from kdchain.spec import ChainSpec, PrunedArch
-from kdchain.students import build_loss, pruned_student, view_store
+from kdchain.sizing import target_met
+from kdchain.students import build_loss, pruned_student, sized_student_arch, view_store
 
 
 @dataclass
@@ -46,6 +47,7 @@ class GenerationOutcome:
     export_warning: str = ""  # the ONNX export did not match torch (kdchain.measure.export): left out, said why
     skipped: list[str] = field(default_factory=list)  # files the data source could not read, "path (reason)"
     tags: dict[str, str] = field(default_factory=dict)  # MLflow run tags: int8 operators left in float, a drop flag
+    candidates: list[dict] = field(default_factory=list)  # a target-sized student's plans (kdchain.sizing), probed
 
 
 def train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | None, out_dir: Path,
@@ -81,6 +83,10 @@ def _train_distributed(spec: ChainSpec, index: int, teacher_checkpoint: Path | N
     args = (spec, index, teacher_checkpoint, out_dir, list(extra_teachers), kind, backend_for(dspec, kind),
             os.getpid(), threads)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(gen.arch, PrunedArch) and gen.arch.prune.target is not None and gen.arch.record is None:
+        # sized here, once: every rank then reads the chosen plan from out_dir/sizing.json
+        teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
+        sized_student_arch(spec, gen, load_data(spec.data, spec.seed), teacher, teacher_arch, out_dir, "cpu")
     try:
         outcome = launch(dspec, _rank_main, args, out_dir / "epochs.jsonl", on_epoch, EpochReport,
                          f"{spec.name}-{gen.name}", out_dir / "ranks")
@@ -135,9 +141,10 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     if index == 0 and spec.teacher.from_ is not None:
         return load_teacher_generation(spec, gen)
     torch.manual_seed(spec.seed + index)
-    student, arch, teacher = _student_and_teacher(spec, gen, data, teacher_checkpoint, extra_teachers)
-    loss = build_loss(gen, student, teacher, data.input_shape)
     out_dir = Path(out_dir)
+    student, arch, teacher, candidates = _student_and_teacher(spec, gen, data, teacher_checkpoint, extra_teachers,
+                                                              out_dir, device)
+    loss = build_loss(gen, student, teacher, data.input_shape)
     t0 = time.perf_counter()
     views = view_store(spec, gen, [teacher_checkpoint, *extra_teachers], loss) if index > 0 else None
     result = fit(student, teacher, loss, data, gen.train, seed=spec.seed + index, on_epoch=on_epoch,
@@ -149,6 +156,9 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     # resumes after the last epoch, 0 epochs trained)
     outcome = _measure_and_ship(spec, gen, student, arch, teacher, data, device, out_dir, seconds)
     outcome.history, outcome.resumed_from_epoch = result.history, result.resumed_from_epoch
+    if candidates:  # the trained student measured as its candidates were (one code path: kdchain.sizing)
+        outcome.candidates = candidates
+        outcome.metrics.update(target_met(student.cpu(), data.input_shape, arch, gen.deploy))
     outcome.teacher_outputs = result.teacher  # "cached: ..." or "live: <why>"
     if result.teacher != "none":  # cached, stored views or live, and why: in the run's tags
         outcome.tags["kdchain.teacher_outputs"] = result.teacher[:5000]
@@ -156,26 +166,30 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
 
 
 def _student_and_teacher(spec: ChainSpec, gen: ResolvedGeneration, data, teacher_checkpoint: Path | None,
-                         extra_teachers: list[Path]) -> tuple[nn.Module, object, nn.Module | None]:
-    """(the student to train, its architecture, its teacher or Teachers; None for the teacher itself). A pruned
-    student is its teacher pruned (kdchain.students.pruned_student), not a fresh model."""
+                         extra_teachers: list[Path], out_dir: Path, device=None,
+                         ) -> tuple[nn.Module, object, nn.Module | None, list[dict]]:
+    """(the student to train, its architecture, its teacher or Teachers (None for the teacher itself), the
+    candidates a target-sized student was chosen from). A pruned student is its teacher pruned
+    (kdchain.students.pruned_student), not a fresh model; one sized by a target is the plan kdchain.sizing chose."""
     pruned = isinstance(gen.arch, PrunedArch)
     student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, data.input_shape[0]),
                                                        gen.arch)
     if gen.index == 0:
-        return student, gen.arch, None
+        return student, gen.arch, None, []
     if teacher_checkpoint is None:
         raise ValueError(f"generation {gen.name} needs its teacher's checkpoint")
     teacher, teacher_arch, _ = load_checkpoint(teacher_checkpoint)
-    arch = gen.arch
+    arch, candidates = gen.arch, []
+    if pruned and gen.arch.prune.target is not None and gen.arch.record is None:
+        arch, candidates = sized_student_arch(spec, gen, data, teacher, teacher_arch, out_dir, device or "cpu")
     if pruned:
-        student, arch = pruned_student(teacher, teacher_arch, gen.arch, data, spec.seed + gen.index)
+        student, arch = pruned_student(teacher, teacher_arch, arch, data, spec.seed + gen.index)
     if len(extra_teachers) != len(teacher_indices(gen)) - 1:
         raise ValueError(f"generation {gen.name} has {len(teacher_indices(gen))} teachers; "
                          f"got {1 + len(extra_teachers)} checkpoints")
     if extra_teachers:
         teacher = Teachers(teacher, [load_checkpoint(p)[0] for p in extra_teachers])
-    return student, arch, teacher
+    return student, arch, teacher, candidates
 
 
 def _measure_and_ship(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module, arch, teacher, data, device,

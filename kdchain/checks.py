@@ -44,6 +44,7 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
         elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
             problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
                             f"({', '.join(x.name for x in gens[:g.index])}), not all zero")
+        problems += [f"{where}.student.prune.target: {line}" for line in _target_problems(spec, g)]
         hint = max([t.hint_epochs for t in g.distill if type(t).hint], default=0)
         if hint >= g.train.epochs:
             problems.append(f"{where}.distill: fitnet hint_epochs {hint} leaves no epoch of the full loss; "
@@ -65,6 +66,19 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     if problems:
         raise SpecError(problems)
     return gens
+
+
+def _target_problems(spec: ChainSpec, g: ResolvedGeneration) -> list[str]:
+    """A student sized by its target: not also searched; an int8 latency needs the int8 model it times."""
+    target = getattr(getattr(g.arch, "prune", None), "target", None)
+    if target is None:
+        return []
+    if spec.generations[g.index - 1].search is not None:
+        return ["a search already sizes this student (its budget: search.budget); give target or search, not both"]
+    if target.precision == "int8" and not g.deploy.quantized:
+        return ["latency_ms of the int8 model needs that model: set deploy: {quantize: static} (or dynamic) on "
+                "the chain or this generation, or precision: fp32"]
+    return []
 
 
 def missing_resources(spec: ChainSpec, source: str = "config") -> list[str]:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdchain.checkpoints import CheckpointError, load_checkpoint, read_arch, teacher_source
+from kdchain.models import describe
 from kdchain.resolve import ResolvedGeneration, file_digest, generation_key, teacher_indices
+from kdchain.sizing import none_meets, plans_meeting
 from kdchain.spec import ChainSpec
 from kdchain.workdir import generation_folder
 
@@ -71,15 +73,42 @@ def known_archs(spec: ChainSpec, gens: list[ResolvedGeneration]) -> list[KnownAr
         if g.index - 1 in trained:
             teacher, teacher_arch, _ = load_checkpoint(trained[g.index - 1])
             data = load_data(spec.data, spec.seed)
+            if arch.prune.target is not None:  # the plans that meet it, from the trained teacher; none trained yet
+                plans = plans_meeting(lambda a: pruned_student(teacher, teacher_arch, a, data, spec.seed + g.index),
+                                      arch, data.input_shape, g.deploy)
+                if not plans:
+                    raise none_meets(arch, describe(teacher_arch))
+                out.append(KnownArch(plans[0].arch, FROM_TEACHER, sizing_note(arch, plans)))
+                continue
             out.append(KnownArch(pruned_student(teacher, teacher_arch, arch, data, spec.seed + g.index)[1],
                                  FROM_TEACHER))
             continue
         if g.index > 0 and out[-1].arch.kind == "pruned":
             arch = arch.model_copy(update={"base": out[-1].arch})  # its teacher's shape is known: plan on it
-        depth = arch.prune.depth < 1
-        out.append(KnownArch(_planned(spec, arch), INITIAL, "planned on initial weights; the trained teacher may "
-                                                            "remove other blocks" if depth else ""))
+        note = "planned on initial weights; the trained teacher may remove other blocks" if arch.prune.depth < 1 else ""
+        if arch.prune.target is not None:
+            note = sizing_note(arch, _noise_plans(spec, arch)) + "; planned on initial weights"
+        out.append(KnownArch(_planned(spec, arch), INITIAL, note))
     return out
+
+
+def sizing_note(arch, plans: list) -> str:
+    """What inspect says of a target-sized generation before it trains: the plans that meet the target."""
+    target = arch.prune.target
+    probed = min(len(plans), arch.prune.candidates)
+    listed = "; ".join(f"{describe(p.arch).rpartition(' pruned to ')[2]}: {p.cost[target.measure()]:,.6g}"
+                       for p in plans)
+    return (f"{len(plans)} plans meet {target.measure()} <= {target.limit():,g} ({listed}); training probes the "
+            f"largest {probed} for {arch.prune.probe_steps} steps each and trains the best; shown: the largest")
+
+
+def _noise_plans(spec: ChainSpec, arch) -> list:
+    from kdchain.data import input_info
+    from kdchain.models.pruned import noise_plans
+    from kdchain.spec import canonical_json
+
+    (channels, _, size), num_classes = input_info(spec.data)
+    return noise_plans(canonical_json(arch), num_classes, channels, size)
 
 
 def _planned(spec: ChainSpec, arch):

@@ -74,3 +74,22 @@ def training_sample(data, seed: int, batch_size: int = 64):
             out += list(itertools.islice(batches(data.train, batch_size, gen), n - len(out)))
         return [(x.cpu(), y.cpu()) for x, y in out]
     return sample
+
+
+def sized_student_arch(spec: ChainSpec, gen: ResolvedGeneration, data, teacher: nn.Module, teacher_arch,
+                       out_dir: Path, device) -> tuple[PrunedArch, list[dict]]:
+    """The plan (with its record) that a generation sized by `prune.target` trains, and its candidates' table:
+    plans from the trained teacher that meet the target, the best of a short distillation each (kdchain.sizing)."""
+    from kdchain.models import describe
+    from kdchain.sizing import probe, sized_arch
+
+    seed = spec.seed + gen.index
+
+    def prune_fn(arch: PrunedArch):
+        return pruned_student(teacher, teacher_arch, arch, data, seed)
+
+    def probe_fn(plans):
+        return probe(plans, prune_fn, teacher, lambda s: build_loss(gen, s, teacher, data.input_shape), data,
+                     gen.train, seed, device, gen.arch.prune.probe_steps)
+
+    return sized_arch(out_dir, gen.arch, data.input_shape, gen.deploy, prune_fn, probe_fn, describe(teacher_arch))

@@ -35,25 +35,59 @@ def trainable(arch):
 
 @lru_cache(maxsize=32)
 def planned(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> PrunedArch:
-    """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU."""
+    """A plan made concrete: the base's initial weights (seed 0) pruned on seeded noise batches, on the CPU. A plan
+    sized by `prune.target`: the largest that meets it (kdchain.sizing; SpecError when none does)."""
     arch = any_arch().validate_json(arch_json)
+    if arch.prune.target is not None:
+        return noise_plans(arch_json, num_classes, in_channels, size)[0].arch
+    return _on_noise(arch, num_classes, in_channels, size, lambda base, prune_fn: prune_fn(arch)[1])
+
+
+@lru_cache(maxsize=8)
+def noise_plans(arch_json: str, num_classes: int, in_channels: int, size: int = 32) -> list:
+    """The plans of kdchain.sizing that meet a target-sized arch's target, made on the base's initial weights."""
+    from kdchain.sizing import none_meets, plans_meeting
+
+    arch = any_arch().validate_json(arch_json)
+
+    def sized(base, prune_fn):
+        shape = (in_channels, *_image_size(base, size))
+        plans = plans_meeting(prune_fn, arch, shape)
+        if not plans:
+            raise none_meets(arch, describe(arch.base))
+        for plan in plans:
+            plan.arch = plan.arch.model_copy(update={"prune": plan.arch.prune.model_copy(
+                update={"recovery_batches": arch.prune.recovery_batches, "importance": arch.prune.importance})})
+        return plans
+    return _on_noise(arch, num_classes, in_channels, size, sized)
+
+
+def _image_size(base: nn.Module, size: int) -> tuple[int, int]:
+    native = getattr(getattr(base, "patch_embed", None), "img_size", None)  # a ViT takes one image size only
+    return tuple(native) if isinstance(native, (tuple, list)) else (size, size)
+
+
+def _on_noise(arch: PrunedArch, num_classes: int, in_channels: int, size: int, use):
+    """`use(base, prune_fn)` with the base's initial weights (seed 0) and `prune_fn(arch)` -> (model, concrete
+    arch): the base pruned on seeded noise batches, on the CPU, the arch's own prune settings in the record."""
     gen = torch.Generator().manual_seed(0)
-
-    def noise(n: int):
-        return [(torch.randn(8, in_channels, size, size, generator=gen),
-                 torch.randint(0, num_classes, (8,), generator=gen)) for _ in range(n)]
-
-    # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
-    quick = arch.prune.model_copy(update={"recovery_batches": 0,
-                                          "importance": "bn_scale" if arch.prune.importance == "bn_scale" else "l2"})
     _noise_fits(arch.base, num_classes, in_channels, size)
     with torch.device("cpu"), torch.random.fork_rng():
         torch.manual_seed(0)
         base = build_model(arch.base, num_classes, in_channels)
-        native = getattr(getattr(base, "patch_embed", None), "img_size", None)  # a ViT takes one image size only
-        size = native[0] if isinstance(native, (tuple, list)) else size
-        concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)[1]
-    return concrete.model_copy(update={"prune": arch.prune})
+        height, width = _image_size(base, size)
+
+        def noise(n: int):
+            return [(torch.randn(8, in_channels, height, width, generator=gen),
+                     torch.randint(0, num_classes, (8,), generator=gen)) for _ in range(n)]
+
+        def prune_fn(plan: PrunedArch):
+            # uniform per-group ratios give the same channel counts whatever the importance; no recovery on noise
+            quick = plan.prune.model_copy(update={"recovery_batches": 0, "importance": "bn_scale" if
+                                                  plan.prune.importance == "bn_scale" else "l2"})
+            model, concrete = prune_model(base, arch.base, quick, noise, arch.keep, num_classes, in_channels)
+            return model, concrete.model_copy(update={"prune": plan.prune})
+        return use(base, prune_fn)
 
 
 def _noise_fits(base_arch, num_classes: int, in_channels: int, size: int, images: int = 8) -> None:

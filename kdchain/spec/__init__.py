@@ -19,7 +19,8 @@ from kdchain.spec.distill import LOGITS, LossTerm
 from kdchain.spec.kinds import FAMILIES, LOSSES, OBJECTIVES, SOURCES
 from kdchain.spec.load import apply_override, format_validation_error, load_spec, spec_from_dict
 from kdchain.spec.measure import MeasureSpec
-from kdchain.spec.models import Derive, DeriveStudent, Family, Prune, PrunedArch, PruneStudent, is_checkpoint_path
+from kdchain.spec.models import (Derive, DeriveStudent, Family, Prune, PrunedArch, PruneStudent, PruneTarget,
+                                 is_checkpoint_path)
 from kdchain.spec.objective import Objective
 from kdchain.spec.search import SearchBudget, SearchRunner, SearchSpace, SearchSpec
 from kdchain.spec.sweep import SweepSpec
@@ -29,7 +30,7 @@ from kdchain.spec.unions import AnyArch, Arch, DataSpec, Loss, SearchObjective, 
 
 __all__ = [
     "SpecError", "Strict", "canonical_json", "flatten", "spec_hash", "FAMILIES", "LOSSES", "OBJECTIVES", "SOURCES",
-    "Derive", "DeriveStudent", "Family", "Prune", "PrunedArch", "PruneStudent", "is_checkpoint_path", "LOGITS",
+    "Derive", "DeriveStudent", "Family", "Prune", "PrunedArch", "PruneStudent", "PruneTarget", "is_checkpoint_path", "LOGITS",
     "LossTerm", "Augment", "Source", "SplitFractions", "Objective", "AnyArch", "Arch", "DataSpec", "Loss",
     "SearchObjective", "StudentSpec", "DeploySpec", "MeasureSpec", "SearchBudget", "SearchRunner", "SearchSpace",
     "SearchSpec", "SweepSpec", "PromotionSpec", "TrackingSpec", "DistributedSpec", "TrainSpec", "ChainSpec",

@@ -62,6 +62,30 @@ class DeriveStudent(Strict):
     derive: Derive
 
 
+class PruneTarget(Strict):
+    """What a pruned student must fit: a parameter count, FLOPs per image, or batch-1 latency on this machine."""
+
+    params: int | None = Field(None, gt=0, description="at most this many parameters")
+    flops: int | None = Field(None, gt=0, description="at most this many FLOPs per image")
+    latency_ms: float | None = Field(None, gt=0.0, description="at most this batch-1 latency on this machine (ms)")
+    precision: Literal["fp32", "int8"] = Field("fp32", description="latency_ms of the fp32 model (torch, 1 thread) "
+                                                                   "or of its int8 ONNX model (ONNX Runtime)")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        given = [k for k in ("params", "flops", "latency_ms") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give one of params, flops or latency_ms" + (f", not {' and '.join(given)}"
+                                                                         if given else ""))
+        return self
+
+    def measure(self) -> str:
+        return next(k for k in ("params", "flops", "latency_ms") if getattr(self, k) is not None)
+
+    def limit(self) -> float:
+        return float(getattr(self, self.measure()))
+
+
 class Prune(Strict):
     """Structured pruning of the teacher (torch-pruning's DepGraph): the student keeps the teacher's surviving
     weights and is then healed by distillation."""
@@ -83,6 +107,11 @@ class Prune(Strict):
                             "(heads); qkv, proj and the head count and size its forward uses change together")
     embed: bool = Field(False, description="a transformer also loses `width` of its embedding (the residual stream "
                                            "every block adds to); by default it keeps it")
+    target: PruneTarget | None = Field(None, description="size the student by what it must fit instead of width and "
+                                                         "depth: plans from the trained teacher that meet it are "
+                                                         "probed, the best trains (kdchain.sizing)")
+    candidates: int = Field(4, ge=1, le=16, description="with target: the plans that meet it, probed")
+    probe_steps: int = Field(50, ge=1, description="with target: distillation steps each candidate is probed for")
 
     @model_serializer(mode="wrap")
     def _defaults_left_out(self, handler):
@@ -93,6 +122,9 @@ class Prune(Strict):
                 data.pop("attention", None)
             if not self.embed:
                 data.pop("embed", None)
+            if self.target is None:
+                for key in ("target", "candidates", "probe_steps"):
+                    data.pop(key, None)
         return data
 
     @model_validator(mode="after")

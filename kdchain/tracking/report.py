@@ -12,6 +12,7 @@ PLOT_PARAMS, PLOT_LATENCY, PLOT_EPOCHS = ("plots/accuracy_vs_params.png", "plots
                                           "plots/val_accuracy_per_epoch.png")
 PLOT_CONFUSION, TABLE_JSON, TABLE_MD = "plots/confusion_matrix.png", "generations.json", "generations.md"
 PLOT_INT8 = "plots/accuracy_vs_size_fp32_int8.png"
+SIZING_JSON, SIZING_MD = "sizing/candidates.json", "sizing/candidates.md"
 
 
 class ChainReport:
@@ -21,6 +22,24 @@ class ChainReport:
         """The generation's test confusion matrix as a PNG on its run."""
         if matrix:
             self.client.log_figure(run_id, plots.confusion_matrix(matrix, class_names, title), PLOT_CONFUSION)
+
+    def replace_table(self, run_id: str, rows: list[dict], path: str) -> None:
+        """`rows` as the MLflow table `path` of the run; log_table appends to an existing file: a re-run of the
+        same run replaces it instead."""
+        with contextlib.suppress(Exception):
+            if any(f.path == path for f in self.client.list_artifacts(run_id, path.rpartition("/")[0] or None)):
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+                get_artifact_repository(self.client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
+        if rows:
+            self.client.log_table(run_id, {k: [r.get(k) for r in rows] for k in rows[0]}, path)
+
+    def log_sizing(self, run_id: str, rows: list[dict], title: str) -> None:
+        """A target-sized generation's candidate plans (kdchain.sizing) on its run: an MLflow table and markdown."""
+        self.replace_table(run_id, rows, SIZING_JSON)
+        columns = [(k, k) for k in rows[0]]
+        shown = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        self.client.log_text(run_id, f"# {title}\n\n" + plots.markdown_table(shown, columns), SIZING_MD)
 
     def val_histories(self, rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
         """name -> [(epoch, val accuracy)] read back from MLflow (epochs are steps >= 1; step 0 is the final value)."""
@@ -44,14 +63,7 @@ class ChainReport:
         table = [{"generation": r["name"], "architecture": r["summary"],
                   **{k: r[k] for k in TABLE_KEYS if r.get(k) is not None},
                   "run_id": r["run_id"], "mlflow_run": self.run_url(r["run_id"], host)} for r in rows]
-        # log_table appends to an existing file: a re-run of the same chain run replaces it instead
-        with contextlib.suppress(Exception):
-            if any(f.path == TABLE_JSON for f in self.client.list_artifacts(chain_run_id)):
-                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-                get_artifact_repository(self.client.get_run(chain_run_id).info.artifact_uri).delete_artifacts(TABLE_JSON)
-        if table:
-            self.client.log_table(chain_run_id, {k: [t.get(k) for t in table] for k in table[0]}, TABLE_JSON)
+        self.replace_table(chain_run_id, table, TABLE_JSON)
         md = [{**t, "generation": f"[{t['generation']}]({t['mlflow_run']})",
                **{k: f"{t[k]:.4g}" for k in TABLE_KEYS if k in t}} for t in table]
         self.client.log_text(chain_run_id, f"# {chain_name}: generations\n\n" + plots.markdown_table(
