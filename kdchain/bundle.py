@@ -69,7 +69,7 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
                 shutil.copyfile(row["onnx_int8"], int8)
                 entry["int8"] = _entry(int8, row["test_accuracy_int8"], row["latency_ms_int8"],
                                        row["throughput_ips_int8"])
-                entry["int8"]["quantized"] = "during the chain run"
+                entry["int8"] |= {"quantized": "during the chain run", "float_nodes": row.get("int8_float_nodes", [])}
             else:  # not quantized by the chain: now, with its deploy settings or static defaults
                 gen = gens[row["generation"]]
                 if not gen.deploy.quantized:
@@ -77,7 +77,8 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
                 result = quantize_generation(spec, gen, data, fp32, row["test_accuracy"])
                 m = result.metrics
                 entry["int8"] = _entry(result.path, m["test_accuracy_int8"], m["latency_ms_int8"],
-                                       m["throughput_ips_int8"]) | {"quantized": "by kdchain export"}
+                                       m["throughput_ips_int8"]) | {"quantized": "by kdchain export",
+                                                                    "float_nodes": result.float_nodes}
             entry["int8"]["mode"] = gens[row["generation"]].deploy.quantize
             entries.append(entry)
         manifest = {"chain": spec.name, "chain_run_id": chain_run_id,

@@ -10,7 +10,7 @@ from torch import nn
 
 from kdchain.data import batches
 from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
-from kdchain.measure.quantize import Int8Result, int8_generation
+from kdchain.measure.int8 import Int8Result, int8_generation
 from kdchain.resolve import ResolvedGeneration, resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
 
@@ -43,12 +43,15 @@ def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_pat
     if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
         sample = torch.Generator().manual_seed(spec.seed)
         calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
-    test = ((x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False))
-    return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy)
+    test, val = ([(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(split, 256, shuffle=False)]
+                 for split in (data.test, data.val))
+    return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy, val)
 
 
 def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
     tags = {"kdchain.int8.float_ops": int8.float_ops_text()}
+    if int8.float_nodes:  # kept float32 to hold max_drop on the validation split
+        tags["kdchain.int8.float_nodes"] = ", ".join(int8.float_nodes)
     if int8.flagged:
         tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
                                      f"fp32 (max_drop {max_drop:g})")

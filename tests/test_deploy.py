@@ -12,8 +12,10 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from kdchain.data import batches, load_data
+from kdchain.data.sources.digits import DigitsData
 from kdchain.measure.export import export_onnx
-from kdchain.measure.quantize import Int8Result, float_ops, quantize_onnx
+from kdchain.measure.int8 import Int8Result
+from kdchain.measure.quantize import float_ops, quantize_onnx
 from kdchain.models import build_model
 from kdchain.models.families.cnn import CnnArch
 from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, decide
@@ -89,6 +91,9 @@ def test_export_bundle_reproduces_the_manifest_with_onnxruntime(static_chain, ca
             accuracy = float((logits.argmax(1) == y).mean())
             # fp32 was scored in torch, int8 in ONNX Runtime: at most one image apart
             assert abs(accuracy - entry["test_accuracy"]) <= 1 / len(y) + 1e-9, (g["name"], kind)
+        run = next(r for r in gens if r.data.tags["kdchain.generation_name"] == g["name"])
+        kept = run.data.tags.get("kdchain.int8.float_nodes", "")  # none unless int8 lost > max_drop on val
+        assert g["int8"]["float_nodes"] == [n for n in kept.split(", ") if n]
     # a second export never writes into a folder that holds something
     assert main(["export", chain_run, "--out", str(out), "--tracking-uri", spec.tracking.uri]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -222,3 +227,55 @@ def test_run_refuses_missing_timm_weights_and_unexportable_quantize(tmp_path, ca
     _one_line_exit_2(capsys, ["run", str(write_config(tmp_path, cfg, "q.yaml"))], "teacher.deploy.quantize",
                      "cannot be exported to ONNX", "col2im")
     assert not (tmp_path / "store").exists()  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- bounded int8
+
+
+def _weight_outlier_cnn(data) -> torch.nn.Module:
+    """A digits CNN trained for a few epochs, then given what breaks plain int8 in real models: an outlier weight.
+    Its last conv channel is made dead (always 0 after ReLU), and every row of the classifier gets a weight of 1e4
+    on that channel. fp32 is unchanged (1e4 x 0), but per-channel int8 scales each row by 1e4 / 127 and rounds its
+    real weights to 0: the int8 model answers one class. Keeping the classifier (Gemm) float32 undoes it."""
+    torch.manual_seed(0)
+    model = build_model(CnnArch(channels=[16, 32]), 10, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(6):
+        for x, y in batches(data.train, 64, torch.Generator().manual_seed(0)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    with torch.no_grad():
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+        bn.weight[-1], bn.bias[-1] = 0.0, -1.0  # the channel's output: relu(-1) = 0 for every image
+        model.classifier.weight[:, -1] = 1e4
+    return model.eval()
+
+
+def test_int8_past_max_drop_keeps_the_most_sensitive_nodes_float_until_within_it(tmp_path):
+    from kdchain.measure.int8 import int8_generation
+    from kdchain.measure.quantize import onnx_accuracy
+    from kdchain.spec import DeploySpec
+
+    data = load_data(DigitsData(), 0)
+    model = _weight_outlier_cnn(data)
+    fp32 = export_onnx(model, data.input_shape, tmp_path / "model.onnx")
+    val, test = ([(x.numpy(), y.numpy()) for x, y in batches(s, 256, shuffle=False)] for s in (data.val, data.test))
+    fp32_test = onnx_accuracy(fp32, test)
+    assert fp32_test > 0.8
+    calibration = next(batches(data.train, 256, torch.Generator().manual_seed(0)))[0].numpy()
+    plain = int8_generation(fp32, DeploySpec(quantize="static", max_float_nodes=0), calibration, test,
+                            data.input_shape, fp32_test, val)
+    assert plain.flagged and plain.float_nodes == [] and plain.metrics["test_accuracy_int8"] < 0.3
+    bounded = int8_generation(fp32, DeploySpec(quantize="static", max_drop=2.0), calibration, test,
+                              data.input_shape, fp32_test, val)
+    m = bounded.metrics
+    # one node is enough, the classifier, found by its sensitivity; fp32 within 2 points on both splits
+    assert len(bounded.float_nodes) == 1 and "Gemm" in bounded.float_nodes[0] and m["int8_float_nodes"] == 1
+    assert m["val_accuracy_int8"] - m["val_accuracy_int8_ptq"] > 0.5
+    assert not bounded.flagged and abs(m["test_accuracy_int8"] - fp32_test) <= 0.02
+    assert m["test_accuracy_int8_ptq"] < 0.3 and m["latency_ms_int8_ptq"] > 0  # the plain file, scored beside
+    ops = [n.op_type for n in onnx.load(str(bounded.path)).graph.node]
+    assert "Gemm" in ops and "QGemm" not in ops and bounded.path == fp32.with_suffix(".int8.onnx")
+    tags = int8_tags(bounded, 2.0)
+    assert tags["kdchain.int8.float_nodes"] == bounded.float_nodes[0] and "kdchain.int8.flag" not in tags

@@ -10,9 +10,8 @@ stay float: ONNX Runtime's ConvInteger is slow or missing on CPU). The int8 mode
 
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -30,17 +29,6 @@ class QuantizeError(RuntimeError):
     """ONNX Runtime could not quantize the model; the message says which file and why."""
 
 
-@dataclass
-class Int8Result:
-    path: Path
-    metrics: dict[str, float]  # test_accuracy_int8, latency_ms_int8, throughput_ips_int8, size_bytes_int8, ...
-    float_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes that still compute in float
-    flagged: bool = False  # accuracy fell more than max_drop points below fp32
-
-    def float_ops_text(self) -> str:
-        return ", ".join(f"{op} x{n}" for op, n in sorted(self.float_ops.items())) or "none"
-
-
 class _Calibration:
     """onnxruntime.quantization.CalibrationDataReader over (N, C, H, W) float32 images, CALIBRATION_BATCH at a time."""
 
@@ -53,19 +41,17 @@ class _Calibration:
 
 
 def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | None = None,
-                  quant_format: str = "qoperator", first_conv: str = "float") -> Path:
+                  quant_format: str = "qoperator", first_conv: str = "float", float_nodes: Sequence[str] = ()) -> Path:
     """Write the int8 version of `fp32` to `out`; `calibration` (N, C, H, W) images are required for static.
-    `quant_format` and `first_conv` are DeploySpec's (static only)."""
+    `quant_format` and `first_conv` are DeploySpec's (static only); `float_nodes` (names from quantizable_nodes)
+    stay in float32."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     fp32, out = Path(fp32), Path(out)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            prepared = _prepared(fp32, Path(tmp))
             if mode == "static":
                 if calibration is None or not len(calibration):
                     raise QuantizeError(f"static quantization of {fp32.name} needs calibration images")
@@ -74,10 +60,11 @@ def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | No
                 fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
                 quantize_static(str(prepared), str(out), reader, quant_format=fmt, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_exclude=_first_conv(prepared) if first_conv == "float" else None)
+                                nodes_to_exclude=[*(_first_conv(prepared) if first_conv == "float" else []),
+                                                  *float_nodes])
             elif mode == "dynamic":
                 quantize_dynamic(str(prepared), str(out), op_types_to_quantize=["MatMul", "Gemm"],
-                                 per_channel=True, weight_type=QuantType.QInt8)
+                                 per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(float_nodes))
             else:
                 raise ValueError(f"quantize mode {mode!r} is not static or dynamic")
     except QuantizeError:
@@ -87,6 +74,28 @@ def quantize_onnx(fp32: Path, out: Path, mode: str, calibration: np.ndarray | No
         raise QuantizeError(f"ONNX Runtime could not quantize {fp32} ({mode}): {first}") from None
     compact_graph(out)
     return out
+
+
+def _prepared(fp32: Path, folder: Path) -> Path:
+    """Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks: prepared.onnx in `folder`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = folder / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    return prepared
+
+
+def quantizable_nodes(fp32: Path, mode: str, first_conv: str = "float") -> list[str]:
+    """Names of the nodes quantize_onnx makes int8 (static: Conv, Gemm, MatMul; dynamic: Gemm, MatMul), in graph
+    order, as the prepared graph names them: what `float_nodes` may keep in float."""
+    import onnx
+
+    ops = {"Conv", "Gemm", "MatMul"} if mode == "static" else {"Gemm", "MatMul"}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = _prepared(Path(fp32), Path(tmp))
+        names = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node if n.op_type in ops]
+        skip = set(_first_conv(prepared)) if mode == "static" and first_conv == "float" else set()
+    return [n for n in names if n not in skip]
 
 
 def _first_conv(path: Path) -> list[str]:
@@ -194,20 +203,3 @@ def onnx_speed(path: Path, input_shape: tuple[int, ...], threads: int = 1, runs:
     t1 = median_seconds(lambda: session.run(["logits"], {"x": x1}), runs, warmup)
     t64 = median_seconds(lambda: session.run(["logits"], {"x": x64}), max(5, runs // 5), max(2, warmup // 5))
     return t1 * 1000, 64 / t64
-
-
-def int8_generation(fp32: Path, deploy, calibration: np.ndarray | None,
-                    test: Iterable[tuple[np.ndarray, np.ndarray]], input_shape: tuple[int, ...],
-                    fp32_accuracy: float, threads: int = 1) -> Int8Result:
-    """Quantize `fp32` (model.onnx) to model.int8.onnx beside it as `deploy` (a DeploySpec) says, then score and
-    time it; flagged past deploy.max_drop points below `fp32_accuracy`."""
-    path = quantize_onnx(fp32, Path(fp32).with_suffix(".int8.onnx"), deploy.quantize, calibration,
-                         deploy.quant_format, deploy.first_conv)
-    max_drop = deploy.max_drop
-    accuracy = onnx_accuracy(path, test, threads)
-    latency, throughput = onnx_speed(path, input_shape, threads)
-    drop = (fp32_accuracy - accuracy) * 100
-    metrics = {"test_accuracy_int8": accuracy, "latency_ms_int8": latency, "throughput_ips_int8": throughput,
-               "size_bytes_int8": float(path.stat().st_size), "size_bytes_onnx": float(Path(fp32).stat().st_size),
-               "accuracy_drop_int8": drop, "int8_over_max_drop": float(drop > max_drop)}
-    return Int8Result(path, metrics, float_ops(path), drop > max_drop)

@@ -26,8 +26,13 @@ class DeploySpec(Strict):
     calibration_images: int = Field(512, ge=1, description="static: training images (a seeded sample) that "
                                                            "calibrate the activation ranges")
     format: Literal["onnx"] = Field("onnx", description="the file format shipped (ONNX, opset 17)")
-    max_drop: float = Field(1.0, ge=0.0, le=100.0, description="points of test accuracy the int8 model may lose "
-                                                               "against fp32 before it is flagged")
+    max_drop: float = Field(1.0, ge=0.0, le=100.0, description="points of accuracy the int8 model may lose against "
+                                                               "fp32: past it on the validation split, the most "
+                                                               "sensitive operators stay float32 (max_float_nodes); "
+                                                               "past it on the test split, the model is flagged")
+    max_float_nodes: int = Field(4, ge=0, description="operators (Conv, Gemm, MatMul) the int8 model may keep in "
+                                                      "float32 to stay within max_drop, most sensitive first; "
+                                                      "0: plain int8, only flagged")
 
     @property
     def quantized(self) -> bool:

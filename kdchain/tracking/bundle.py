@@ -16,7 +16,7 @@ class BundleSourceError(Exception):
 
 def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[dict]]:
     """(the chain's spec.yaml text, one row per finished generation with its files under `dest`: row["onnx"] the
-    fp32 file, row["onnx_int8"] the int8 file, each None where the run did not log it; a generation logged without
+    fp32 file, row["onnx_int8"] the int8 file, each None where the run did not log it, row["int8_float_nodes"]; a generation logged without
     its fp32 ONNX (measure.keep_onnx false, a teacher loaded with `from`) has row["checkpoint"], its weights)."""
     experiment = experiment_of_run(uri, chain_run_id)
     tracker = open_tracker(uri, experiment) if experiment else None
@@ -31,6 +31,8 @@ def chain_sources(uri: str, chain_run_id: str, dest: Path) -> tuple[str, list[di
         where = dest / f"run-{row['run_id']}"
         row["onnx"], row["onnx_int8"] = (_download(uri, row["run_id"], f"onnx/{name}", where) if name in names
                                          else None for name in ("model.onnx", "model.int8.onnx"))
+        float_nodes = tracker.client.get_run(row["run_id"]).data.tags.get("kdchain.int8.float_nodes", "")
+        row["int8_float_nodes"] = [n for n in float_nodes.split(", ") if n]  # kept float32 to hold max_drop
         if row["onnx"] is None:  # ONNX not kept (measure.keep_onnx false) or not made: exported from the weights
             where.mkdir(parents=True, exist_ok=True)
             try:
