@@ -143,7 +143,7 @@ def _record(tracker: Tracker, spec: ChainSpec, run_id: str, outcome, model, teac
     model_uri = tracker.finish_generation(run_id, final, model, str(checkpoint),
                                           tags={CHECKPOINT: str(checkpoint), CHECKPOINT_DIGEST: digest},
                                           loaded=source is not None, model_uri=source_model_uri(source, tracking_uri)
-                                          if source and is_model_uri(source) else None)
+                                          if source and is_model_uri(source) else None, data=(spec.data, spec.seed))
     return GenerationResult(index=outcome.index, name=name, summary=outcome.arch_summary, run_id=run_id,
                             checkpoint=str(checkpoint), checkpoint_digest=digest, model_uri=model_uri,
                             metrics=metrics, seconds=dict(outcome.seconds))

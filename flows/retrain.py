@@ -92,7 +92,8 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     decision = decide(new, champion, spec.promotion)
     decision, champion_after = apply_decision(spec, uri, name, new, champion, decision)
 
-    tags = decision_tags(new, champion, decision, spec.promotion, data_fingerprint(spec.data))
+    tags = decision_tags(new, champion, decision, spec.promotion, data_fingerprint(spec.data),
+                         tracking.test_data_name(spec.data, spec.seed))
     markdown = decision_markdown(name, new, champion, decision, spec.promotion, champion_after)
     tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())

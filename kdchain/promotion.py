@@ -78,13 +78,15 @@ def decide(new: Candidate, champion: Candidate | None, rule: PromotionSpec) -> D
 
 
 def decision_tags(new: Candidate, champion: Candidate | None, decision: Decision, rule: PromotionSpec,
-                  data_fingerprint: str) -> dict[str, str]:
-    """What the chain run carries (MLflow tags), so the UI's run table shows every decision."""
+                  data_fingerprint: str, test_data: str = "") -> dict[str, str]:
+    """What the chain run carries (MLflow tags), so the UI's run table shows every decision. `test_data`: the
+    test split both models were scored on, as its dataset is named on the runs (`digits/test@<digest>`)."""
     tags = {"kdchain.promotion.outcome": decision.outcome, "kdchain.promotion.reason": decision.reason,
             "kdchain.promotion.rule": describe_rule(rule), "kdchain.promotion.new_version": new.version,
             "kdchain.promotion.new_test_accuracy": f"{new.scores['test_accuracy']:.6f}",
             "kdchain.promotion.metric": rule.metric,
             "kdchain.promotion.data_fingerprint": data_fingerprint,
+            "kdchain.promotion.test_data": test_data or "unknown",
             "kdchain.promotion.champion_version": champion.version if champion else "none",
             "kdchain.promotion.champion_test_accuracy":
                 f"{champion.scores['test_accuracy']:.6f}" if champion else "none"}

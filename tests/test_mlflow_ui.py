@@ -143,6 +143,25 @@ def test_the_mlflow_server_shows_the_chain(chain, server):
                     version["description"])
 
 
+def test_every_generation_run_names_the_data_it_saw(chain):
+    from mlflow import MlflowClient
+
+    result, cfg = chain
+    client = MlflowClient(cfg["tracking"]["uri"])
+    seen = {}
+    for gen in result.generations:
+        inputs = client.get_run(gen.run_id).inputs.dataset_inputs
+        by_context = {t.value: i.dataset for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+        assert sorted(by_context) == ["test", "training", "validation"], gen.name
+        assert [by_context[c].name for c in ("training", "validation", "test")] == [
+            "digits/train", "digits/val", "digits/test"]
+        assert all(d.source_type == "code" and '"kind": "digits"' in d.source for d in by_context.values())
+        seen[gen.name] = {c: d.digest for c, d in by_context.items()}
+    # one chain, one data set: every generation shows the same three digests, one per split
+    assert all(digests == seen["teacher"] for digests in seen.values())
+    assert len(set(seen["teacher"].values())) == 3
+
+
 def test_prefect_artifacts_link_to_mlflow(chain):
     from prefect.artifacts import Artifact
 

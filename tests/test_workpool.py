@@ -91,6 +91,13 @@ def test_readme_work_pool_procedure_runs_a_retrain(tmp_path):
             [MlflowClient(cfg["tracking"]["uri"]).get_experiment_by_name("pooled").experiment_id],
             "tags.`kdchain.kind` = 'chain'")
         assert [" · retrain · " in r.info.run_name for r in chains] == [True]
+        # the promotion record names the test split both models were scored on, as the generation runs logged it
+        client = MlflowClient(cfg["tracking"]["uri"])
+        gen = client.search_runs([chains[0].info.experiment_id],
+                                 f"tags.`mlflow.parentRunId` = '{chains[0].info.run_id}'")[0]
+        logged = [f"{i.dataset.name}@{i.dataset.digest}" for i in gen.inputs.dataset_inputs
+                  if any(t.key == "mlflow.data.context" and t.value == "test" for t in i.tags)]
+        assert [chains[0].data.tags["kdchain.promotion.test_data"]] == logged and logged[0].startswith("digits/test@")
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

@@ -72,6 +72,12 @@ def data_fingerprint(spec) -> str:
     return spec_hash({"spec": spec.model_dump(mode="json"), "contents": spec.fingerprint()})
 
 
+def split_digest(spec, seed: int, split: str) -> str:
+    """16 hex characters naming one split's images: the data's fingerprint, the seed that splits it, the split.
+    MLflow shows it as the digest of the dataset a run logged (kdchain.tracking.lineage)."""
+    return spec_hash({"data": data_fingerprint(spec), "seed": seed, "split": split})[:16]
+
+
 def files_fingerprint(*paths: str | Path) -> str:
     """sha256 over (relative path, size, mtime) of every file under `paths`; cheap, and changes when a file is
     added, removed or rewritten. For folder-backed data sets."""

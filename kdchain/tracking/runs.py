@@ -22,6 +22,7 @@ from kdchain.models import saved
 from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
                                      version_description)
+from kdchain.tracking.lineage import split_datasets
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.search_runs import SearchRuns
 from kdchain.tracking.tables import CLASS_NAMES, GenerationTables
@@ -192,14 +193,15 @@ class Tracker(ChainReport, SearchRuns, GenerationTables):
 
     def finish_generation(self, run_id: str, metrics: dict[str, float], model: torch.nn.Module,
                           checkpoint: str, tags: dict[str, str] | None = None, loaded: bool = False,
-                          model_uri: str | None = None) -> str:
+                          model_uri: str | None = None, data=None) -> str:
         """The model (loads back as its class; its weights file is the checkpoint), the final metrics and `tags`;
         returns the logged model's URI. `loaded`: a teacher loaded with `teacher.from`, whose checkpoint is the
         source's file (nothing beside it is its own); `model_uri`: that source's logged model in this store, pointed
         at instead of logging the weights again. The metrics are logged at step 0 (MLflow charts a metric with no
         later step as bars, not against epochs) and linked to the logged model (the experiment's Models tab lists it
         with them); the run is renamed to carry its key figures. Idempotent, for a rerun after a kill before
-        FINISHED: a model the run already logged is not logged again. The model's `class_names` (kdchain.chain sets
+        FINISHED: a model the run already logged is not logged again. `data`: (the data spec, the seed), logged as the
+        run's datasets (kdchain.tracking.lineage; a loaded teacher saw no training split). The model's `class_names` (kdchain.chain sets
         them) go into the logged model's metadata and the run's tag kdchain.class_names (a JSON list), which
         register() copies to the model version."""
         mlflow.flush_async_logging()
@@ -213,6 +215,8 @@ class Tracker(ChainReport, SearchRuns, GenerationTables):
                   if str(m.status).endswith("READY")]
         with mlflow.start_run(run_id=run_id, nested=True) as _, _requirements_taken_as_given():
             info = None if model_uri else logged[0] if logged else self._log_model(model, safe, checkpoint, names)
+            if data is not None:
+                mlflow.log_inputs(*split_datasets(*data, splits=("val", "test") if loaded else ("train", "val", "test")))
             onnx = Path(checkpoint).with_suffix(".onnx")  # beside the checkpoint with measure.keep_onnx
             for path in () if loaded else (onnx, onnx.with_suffix(".int8.onnx")):  # fp32; int8 with deploy.quantize
                 if path.is_file():
