@@ -133,6 +133,7 @@ def _config_commands(sub) -> None:
 
     p = _config_command(sub, "retrain", "train the chain once more; the newcomer replaces the champion only if better")
     p.add_argument("--tracking-uri")
+    p.add_argument("--force", action="store_true", help="retrain even when the data and config are the champion's")
     p.set_defaults(fn=lazy("flows.commands", "cmd_retrain"))
 
     p = _config_command(sub, "schedule", "serve the retrain flow as a Prefect deployment on a cron schedule "
@@ -140,6 +141,7 @@ def _config_commands(sub) -> None:
     p.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 1' (Mondays 03:00)")
     p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
     p.add_argument("--tracking-uri")
+    p.add_argument("--force", action="store_true", help="every tick retrains, even on data the champion saw")
     p.set_defaults(fn=lazy("flows.commands", "cmd_schedule"))
 
 

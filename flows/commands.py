@@ -54,9 +54,12 @@ def cmd_retrain(args) -> int:
         return started
     from flows.retrain import retrain
 
-    ended, result = watched(lambda: retrain(spec, tracking_uri=args.tracking_uri))
+    ended, result = watched(lambda: retrain(spec, tracking_uri=args.tracking_uri, force=args.force))
     if ended is not None:
         return ended
+    if result.outcome == "skipped":
+        progress.console.print(f"{result.model_name}: {result.reason}")
+        return 0
     champ = (f"champion version {result.champion_before} at {result.champion_test_accuracy:.2%}"
              if result.champion_before else "no champion yet")
     progress.console.print(f"{result.model_name} version {result.new_version} at {result.new_test_accuracy:.2%} vs "
@@ -89,6 +92,8 @@ def cmd_schedule(args) -> int:
     parameters = {"config": str(args.config.resolve()), "overrides": args.set or []}
     if args.tracking_uri:
         parameters["tracking_uri"] = args.tracking_uri
+    if args.force:
+        parameters["force"] = True
     print(f"kdchain: serving deployment retrain/{name} (cron {args.cron!r}) on {api}; Ctrl-C stops serving", flush=True)
     retrain.serve(name=name, cron=args.cron, parameters=parameters, paused=False,
                   description=f"Scheduled retraining of {spec.name}: champion moves only for a better model")

@@ -17,6 +17,7 @@ from flows.chain import ChainResult, chain_run_name, distill_chain
 from kdchain import tracking
 from kdchain.data import data_fingerprint
 from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown, decision_tags
+from kdchain.resolve import chain_digest
 from kdchain.scoring import score_checkpoint
 from kdchain.spec import ChainSpec, load_spec
 
@@ -25,7 +26,7 @@ class RetrainResult(BaseModel):
     chain_run_id: str
     model_name: str
     new_version: str
-    outcome: str  # promoted | challenger | unchanged
+    outcome: str  # promoted | challenger | unchanged | skipped (nothing new since the champion: nothing trained)
     reason: str
     new_test_accuracy: float  # promotion.metric: fp32 test accuracy, or the int8 model's
     champion_before: str | None  # version compared against
@@ -66,23 +67,53 @@ def apply_decision(spec: ChainSpec, uri: str, name: str, new: Candidate, champio
     return decision, after[0] if after else None
 
 
+@task(name="anything-new")
+def nothing_new(spec: ChainSpec, uri: str, name: str) -> dict | None:
+    """The champion's origin when neither the data (its fingerprint: contents, not only the spec) nor the config
+    changed since its chain run: a retrain would train the same family again. None: something is new."""
+    origin = tracking.champion_origin(uri, name)
+    same = origin and origin["data_fingerprint"] == data_fingerprint(spec.data) \
+        and origin["chain_digest"] == chain_digest(spec)
+    return origin if same else None
+
+
+def _skipped(spec: ChainSpec, name: str, origin: dict) -> RetrainResult:
+    reason = (f"nothing to do: the data and the config are those champion version {origin['version']} was trained "
+              f"on (data fingerprint {origin['data_fingerprint'][:12]}); --force retrains anyway")
+    get_run_logger().info("%s: %s", name, reason)
+    create_markdown_artifact(markdown=f"**{name}**: {reason}", key=f"{_slug(name)}-promotion",
+                             description=f"Retrain of {name} skipped: nothing new since the champion")
+    return RetrainResult(chain_run_id="", model_name=name, new_version=origin["version"], outcome="skipped",
+                         reason=reason, new_test_accuracy=origin["test_accuracy"],
+                         champion_before=origin["version"], champion_test_accuracy=origin["test_accuracy"],
+                         champion_after=origin["version"])
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
 def _retrain_run_name() -> str:
     return f"retrain · {chain_run_name()}"  # `retrain · digits-chain · seed 0` in the Prefect UI
 
 
 @flow(name="retrain", log_prints=False, flow_run_name=_retrain_run_name)
 def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: str | None = None,
-            fresh: bool = True) -> RetrainResult:
+            fresh: bool = True, force: bool = False) -> RetrainResult:
     """Retrain the chain, score newcomer vs champion on today's test split, promote or mark challenger.
 
     `fresh=True` by default: a scheduled retrain trains every generation again and gets its own chain run (with its
     own decision tags). The cache key does include the data's fingerprint, so `fresh=False` reuses generations only
     when neither config nor data changed, and then the newcomer is the champion itself (outcome: unchanged).
+    Unless `force`, a retrain whose data and config are the champion's trains nothing (outcome: skipped).
     """
     logger = get_run_logger()
     spec = config if isinstance(config, ChainSpec) else load_spec(config, overrides)
     uri = tracking.resolve_uri(tracking_uri, spec.tracking.uri)
     name = spec.registered_name()
+    origin = None if force else nothing_new(spec, uri, name)
+    if origin is not None:
+        return _skipped(spec, name, origin)
     # a failure anywhere in the chain raises here: no alias has been touched
     chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh, marker="retrain")
     final = chain.generations[-1]
@@ -96,8 +127,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
                          tracking.test_data_name(spec.data, spec.seed))
     markdown = decision_markdown(name, new, champion, decision, spec.promotion, champion_after)
     tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
-    create_markdown_artifact(markdown=markdown, key=f"{slug}-promotion",
+    create_markdown_artifact(markdown=markdown, key=f"{_slug(name)}-promotion",
                              description=f"Promotion decision for {name} version {version}: {decision.outcome}")
     logger.info("%s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
     return RetrainResult(chain_run_id=chain.chain_run_id, model_name=name, new_version=version,

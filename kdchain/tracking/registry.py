@@ -8,7 +8,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
 
-from kdchain.tracking.store import sqlite_path
+from kdchain.tracking.store import CHAIN_DIGEST, PARENT, sqlite_path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -24,6 +24,20 @@ def alias_version(uri: str, name: str, alias: str) -> tuple[str, str] | None:
     except mlflow.exceptions.MlflowException:
         return None
     return str(mv.version), mv.run_id
+
+
+def champion_origin(uri: str, name: str) -> dict[str, str] | None:
+    """What the champion was trained from, as its chain run recorded it: {version, chain_digest (the config),
+    data_fingerprint (the data), test_accuracy}; None without a champion or a chain run behind it."""
+    held = alias_version(uri, name, CHAMPION)
+    client = MlflowClient(uri)
+    parent = client.get_run(held[1]).data.tags.get(PARENT) if held and held[1] else None
+    if not parent:
+        return None
+    tags = client.get_run(parent).data.tags
+    return {"version": held[0], "chain_digest": tags.get(CHAIN_DIGEST, ""),
+            "data_fingerprint": tags.get("kdchain.promotion.data_fingerprint", ""),
+            "test_accuracy": client.get_run(held[1]).data.metrics.get("test_accuracy", float("nan"))}
 
 
 def _alias_lock(uri: str, name: str, lock_dir: Path) -> FileLock:
