@@ -18,7 +18,7 @@ ARCHITECTURES = {  # name: (model, slow?)
              True),
     "convnext_atto": ({"kind": "timm", "name": "convnext_atto"}, True),
     "efficientnet_b0": ({"kind": "timm", "name": "efficientnet_b0"}, True),
-    "mobilenetv3_small_050": ({"kind": "timm", "name": "mobilenetv3_small_050"}, False),
+    "mobilenetv3_small_050": ({"kind": "timm", "name": "mobilenetv3_small_050"}, True),
     "timm_resnet18": ({"kind": "timm", "name": "resnet18"}, True),
     "tv_mobilenet_v3_small": ({"kind": "torchvision", "name": "mobilenet_v3_small"}, True),
     "tv_resnet18": ({"kind": "torchvision", "name": "resnet18"}, True),

@@ -6,7 +6,7 @@ one node at a time in float gives each node's sensitivity, then the most sensiti
 made on the validation split (calibration on training images); the test split only scores the result.
 """
 
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -36,13 +36,14 @@ class Fallback:
     val_accuracy_ptq: float  # every node int8
     val_accuracy: float  # with float_nodes in float32
     sensitivity: dict[str, float] = field(default_factory=dict)  # node -> val accuracy with it alone in float32
+    plain: Path | None = None  # a copy of the every-node-int8 file when nodes stay float (the caller removes it)
 
 
 def bounded_quantize(fp32: Path, out: Path, deploy, calibration: np.ndarray | None, val: Batches,
                      fp32_val_accuracy: float) -> Fallback:
     """Write `out` as quantize_onnx does; past `deploy.max_drop` points below `fp32_val_accuracy` on `val`, keep
-    the most sensitive nodes in float32, one more at a time, up to `deploy.max_float_nodes`. `out` ends as the
-    most accurate file tried (the first within the bound)."""
+    the most sensitive nodes in float32, fewest first, up to `deploy.max_float_nodes`. `out` ends as the most
+    accurate file tried (the first within the bound)."""
     def accuracy(nodes: list[str]) -> float:
         quantize_onnx(fp32, out, deploy.quantize, calibration, deploy.quant_format, deploy.first_conv, nodes)
         return onnx_accuracy(out, val)
@@ -54,16 +55,24 @@ def bounded_quantize(fp32: Path, out: Path, deploy, calibration: np.ndarray | No
     result = Fallback([], ptq, ptq)
     if within(ptq) or deploy.max_float_nodes == 0:
         return result
-    nodes = quantizable_nodes(fp32, deploy.quantize, deploy.first_conv)
-    result.sensitivity = {n: accuracy([n]) for n in nodes}
-    ranked = sorted(nodes, key=lambda n: -result.sensitivity[n])  # stable: graph order among equals
-    for k in range(1, min(deploy.max_float_nodes, len(ranked)) + 1):
-        acc = accuracy(ranked[:k])
+    result.plain = shutil.copyfile(out, Path(out).with_suffix(".ptq.onnx"))
+    for node in quantizable_nodes(fp32, deploy.quantize, deploy.first_conv):  # each node's sensitivity
+        result.sensitivity[node] = acc = accuracy([node])
+        if within(acc):  # one float node holds the bound: none can do with fewer
+            result.float_nodes, result.val_accuracy = [node], acc
+            return result
+    ranked = sorted(result.sensitivity, key=lambda n: -result.sensitivity[n])  # stable: graph order among equals
+    if ranked and result.sensitivity[ranked[0]] > ptq:
+        result.float_nodes, result.val_accuracy = ranked[:1], result.sensitivity[ranked[0]]
+    tried = ranked[-1:]  # the file `out` holds now
+    for k in range(2, min(deploy.max_float_nodes, len(ranked)) + 1):
+        tried = ranked[:k]
+        acc = accuracy(tried)
         if acc > result.val_accuracy:
-            result.float_nodes, result.val_accuracy = ranked[:k], acc
+            result.float_nodes, result.val_accuracy = tried, acc
         if within(acc):
             break
-    if ranked[:k] != result.float_nodes:  # the last file written is not the best one tried
+    if tried != result.float_nodes:  # `out` must be the file chosen, not the last one tried
         accuracy(result.float_nodes)
     return result
 
@@ -88,10 +97,9 @@ def int8_generation(fp32: Path, deploy, calibration: np.ndarray | None, test: Ba
         metrics.update(val_accuracy_int8_ptq=fallback.val_accuracy_ptq, val_accuracy_int8=fallback.val_accuracy,
                        int8_float_nodes=float(len(nodes)))
     if nodes:  # what keeping them float bought and cost: the plain int8 file scored the same way
-        with tempfile.TemporaryDirectory() as tmp:
-            plain = quantize_onnx(fp32, Path(tmp) / "ptq.onnx", deploy.quantize, calibration, deploy.quant_format,
-                                  deploy.first_conv)
-            metrics.update({f"{k}_ptq": v for k, v in _scores(plain, test, input_shape, threads).items()})
+        metrics.update({f"{k}_ptq": v for k, v in _scores(fallback.plain, test, input_shape, threads).items()})
+    if fallback and fallback.plain:
+        fallback.plain.unlink(missing_ok=True)
     return Int8Result(path, metrics, float_ops(path), drop > deploy.max_drop, nodes)
 
 
