@@ -13,7 +13,8 @@ from kdchain.spec import spec_from_dict
 from tests.conftest import write_config
 
 ARCHITECTURES = {  # name: (model, slow?)
-    "vit": ({"kind": "timm", "name": "vit_tiny_patch16_224", "model_args": {"img_size": 32, "patch_size": 4}}, False),
+    # all in make test-all; make test keeps the ViT's pruned shapes and inspect (the test below, 4 s, not 30)
+    "vit": ({"kind": "timm", "name": "vit_tiny_patch16_224", "model_args": {"img_size": 32, "patch_size": 4}}, True),
     "deit": ({"kind": "timm", "name": "deit_tiny_patch16_224", "model_args": {"img_size": 32, "patch_size": 4}},
              True),
     "convnext_atto": ({"kind": "timm", "name": "convnext_atto"}, True),
@@ -65,6 +66,8 @@ def test_a_vit_prunes_whole_heads_or_head_channels_and_drops_blocks(tmp_path):
         cfg = chain(tmp_path, model, attention=mode, depth=0.5, embed=mode == "heads")
         row = inspect_chain(spec_from_dict(cfg))[1]
         shapes[mode] = row["arch"]["record"]["modules"]
+        if mode == "dims":  # validate builds the pruned ViT as it will train and runs it on one image
+            assert main(["validate", str(write_config(tmp_path, cfg))]) == 0
         assert len(row["arch"]["record"]["removed"]) == 6  # 6 of the 12 transformer blocks
     dims = shapes["dims"]["blocks.0.attn"]
     heads = shapes["heads"]["blocks.0.attn"]

@@ -30,6 +30,7 @@ def sized_chain(tmp_path: Path, name: str = "sized", **target) -> dict:
                       generations=[{"name": "A", "student": {"prune": prune}, "train": {"epochs": 2}}])
 
 
+@pytest.mark.slow  # trains a teacher; the flow test below checks the note and the plan that trains
 def test_inspect_lists_the_plans_that_meet_the_target_from_the_trained_teacher(tmp_path):
     spec = spec_from_dict(sized_chain(tmp_path))
     before = inspect_chain(spec)[1]
