@@ -142,8 +142,9 @@ def _run_chain(spec: ChainSpec, gens: list[ResolvedGeneration], uri: str, fresh_
 
     # a reused final student is registered once: the version is looked up by the run that trained it
     final = results[-1]
+    family = {r.name: f"runs:/{r.reused_from or r.run_id}" for r in results}  # the weights of every generation
     registered = tracker.register(final.model_uri, spec.registered_name(), chain_run_id,
-                                  final.reused_from or final.run_id, host)
+                                  final.reused_from or final.run_id, host, family)
     tracker.log_chain_report(chain_run_id, spec.name, host)
     _table_artifact(spec, results, tracker, chain_run_id, host)
     tracker.finish_chain(chain_run_id, by_generation=[r.metrics for r in results])

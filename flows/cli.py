@@ -134,6 +134,7 @@ def _config_commands(sub) -> None:
     p = _config_command(sub, "retrain", "train the chain once more; the newcomer replaces the champion only if better")
     p.add_argument("--tracking-uri")
     p.add_argument("--force", action="store_true", help="retrain even when the data and config are the champion's")
+    _retrain_modes(p)
     p.set_defaults(fn=lazy("flows.commands", "cmd_retrain"))
 
     p = _config_command(sub, "schedule", "serve the retrain flow as a Prefect deployment on a cron schedule "
@@ -142,7 +143,18 @@ def _config_commands(sub) -> None:
     p.add_argument("--name", help="deployment name (default <chain name>-retrain)")
     p.add_argument("--tracking-uri")
     p.add_argument("--force", action="store_true", help="every tick retrains, even on data the champion saw")
+    _retrain_modes(p)
     p.set_defaults(fn=lazy("flows.commands", "cmd_schedule"))
+
+
+def _retrain_modes(p: argparse.ArgumentParser) -> None:
+    """--warm / --full: the config's `retrain.mode`, set on the command line (an override like --set)."""
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--warm", action="append_const", dest="set", const="retrain.mode=warm",
+                       help="start every generation from the champion family's weights and train a share of its "
+                            "epochs (retrain.mode: warm)")
+    modes.add_argument("--full", action="append_const", dest="set", const="retrain.mode=full",
+                       help="train every generation from the start (retrain.mode: full)")
 
 
 def _store_commands(sub) -> None:

@@ -13,13 +13,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from flows import progress
 from flows.chain import ChainResult, chain_run_name, distill_chain
 from kdchain import tracking
+from kdchain.checkpoints import warm_source
 from kdchain.data import data_fingerprint
 from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown, decision_tags
 from kdchain.resolve import chain_digest
 from kdchain.scoring import score_checkpoint
 from kdchain.spec import ChainSpec, load_spec
+from kdchain.warm import warm_chain
 
 
 class RetrainResult(BaseModel):
@@ -77,7 +80,22 @@ def nothing_new(spec: ChainSpec, uri: str, name: str) -> dict | None:
     return origin if same else None
 
 
-def _skipped(spec: ChainSpec, name: str, origin: dict) -> RetrainResult:
+def warm_spec(spec: ChainSpec, uri: str, name: str) -> ChainSpec:
+    """The chain a warm retrain trains (kdchain.warm), or `spec` itself when no champion family fits it."""
+    warm, why = warm_chain(spec, tracking.champion_family(uri, name))
+    if warm is None:
+        get_run_logger().info("%s: warm retrain not possible: %s", name, why)
+        progress.note(f"{name}: warm retrain not possible: {why}")
+        return spec
+    for index in range(len(warm.generations) + 1):  # fetched from this store now; later look-ups find the files
+        warm_source(warm, index, uri)
+    epochs = ", ".join(f"{n} {e}" for n, e in zip(warm.generation_names(), [warm.teacher.train.epochs]
+                                                   + [g.train.epochs for g in warm.generations]))
+    get_run_logger().info("%s: warm retrain from champion family (epochs: %s)", name, epochs)
+    return warm
+
+
+def _skipped(name: str, origin: dict) -> RetrainResult:
     reason = (f"nothing to do: the data and the config are those champion version {origin['version']} was trained "
               f"on (data fingerprint {origin['data_fingerprint'][:12]}); --force retrains anyway")
     get_run_logger().info("%s: %s", name, reason)
@@ -113,9 +131,14 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     name = spec.registered_name()
     origin = None if force else nothing_new(spec, uri, name)
     if origin is not None:
-        return _skipped(spec, name, origin)
+        return _skipped(name, origin)
+    given = spec  # the config as given: a warm retrain trains another spec, recorded beside it
+    if spec.retrain.mode == "warm":
+        spec = warm_spec(spec, uri, name)
     # a failure anywhere in the chain raises here: no alias has been touched
-    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh, marker="retrain")
+    warm = spec is not given
+    chain: ChainResult = distill_chain(spec, tracking_uri=uri, fresh=fresh, marker="warm retrain" if warm else
+                                       "retrain")
     final = chain.generations[-1]
     version = chain.registered.rsplit("/", 1)[1]
 
@@ -125,6 +148,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
 
     tags = decision_tags(new, champion, decision, spec.promotion, data_fingerprint(spec.data),
                          tracking.test_data_name(spec.data, spec.seed))
+    tags |= {tracking.CONFIG_DIGEST: chain_digest(given), "kdchain.retrain.mode": "warm" if warm else "full"}
     markdown = decision_markdown(name, new, champion, decision, spec.promotion, champion_after)
     tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
     create_markdown_artifact(markdown=markdown, key=f"{_slug(name)}-promotion",

@@ -171,9 +171,8 @@ def _student_and_teacher(spec: ChainSpec, gen: ResolvedGeneration, data, teacher
     """(the student to train, its architecture, its teacher or Teachers (None for the teacher itself), the
     candidates a target-sized student was chosen from). A pruned student is its teacher pruned
     (kdchain.students.pruned_student), not a fresh model; one sized by a target is the plan kdchain.sizing chose."""
-    pruned = isinstance(gen.arch, PrunedArch)
-    student = None if pruned else prepare_for_training(build_model(gen.arch, data.num_classes, data.input_shape[0]),
-                                                       gen.arch)
+    pruned = isinstance(gen.arch, PrunedArch) and gen.warm_start is None  # a warm start is pruned already
+    student = None if pruned else _initial_student(spec, gen, data)
     if gen.index == 0:
         return student, gen.arch, None, []
     if teacher_checkpoint is None:
@@ -190,6 +189,21 @@ def _student_and_teacher(spec: ChainSpec, gen: ResolvedGeneration, data, teacher
     if extra_teachers:
         teacher = Teachers(teacher, [load_checkpoint(p)[0] for p in extra_teachers])
     return student, arch, teacher, candidates
+
+
+def _initial_student(spec: ChainSpec, gen: ResolvedGeneration, data) -> nn.Module:
+    """A written-out student built (pretrained weights where its spec names them), or the model its `warm_start`
+    holds; a warm teacher is shrunk and perturbed as `retrain` says (Ash & Adams, NeurIPS 2020)."""
+    if gen.warm_start is None:
+        return prepare_for_training(build_model(gen.arch, data.num_classes, data.input_shape[0]), gen.arch)
+    model = load_checkpoint(gen.warm_start)[0]
+    shrink, perturb = spec.retrain.shrink, spec.retrain.perturb
+    if gen.index == 0 and (shrink < 1.0 or perturb > 0.0):
+        fresh = build_model(gen.arch, data.num_classes, data.input_shape[0])  # the seeded initialisation
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), fresh.parameters()):
+                p.mul_(shrink).add_(q, alpha=perturb)
+    return model
 
 
 def _measure_and_ship(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module, arch, teacher, data, device,

@@ -55,8 +55,19 @@ def is_model_uri(source: str) -> bool:
 def teacher_source(spec: ChainSpec, tracking_uri: str | None = None) -> Path | None:
     """The local checkpoint a `teacher: {from: ...}` names; MLflow URIs are fetched (once) under the workdir."""
     source = spec.teacher.from_
-    if source is None:
-        return None
+    return None if source is None else model_source(spec, source, "teacher.from", tracking_uri)
+
+
+def warm_source(spec: ChainSpec, index: int, tracking_uri: str | None = None) -> Path | None:
+    """The local checkpoint generation `index` (0 = the teacher) starts from (`warm_start`), or None."""
+    source = spec.teacher.warm_start if index == 0 else spec.generations[index - 1].warm_start
+    field = "teacher.warm_start" if index == 0 else f"generations.{index - 1}.warm_start"
+    return None if source is None else model_source(spec, source, field, tracking_uri)
+
+
+def model_source(spec: ChainSpec, source: str, field: str, tracking_uri: str | None = None) -> Path:
+    """The local checkpoint a config field names: a file, or a models:/ or runs:/ URI fetched (once) under the
+    workdir. A source that leads nowhere is a SpecError naming `field`."""
     if is_model_uri(source):
         from kdchain import tracking  # the only mlflow importer
 
@@ -64,10 +75,10 @@ def teacher_source(spec: ChainSpec, tracking_uri: str | None = None) -> Path | N
         try:
             return tracking.fetch_checkpoint(source, uri, Path(spec.workdir) / "sources")
         except tracking.CheckpointSourceError as e:  # a config mistake: the config's file and field name it
-            raise SpecError([str(e)]) from None
+            raise SpecError([str(e).replace("teacher.from:", f"{field}:", 1)]) from None
     path = Path(source).expanduser()
     if not path.is_file():
-        raise SpecError([f"teacher.from: {source!r} is neither a models:/ or runs:/ URI nor an existing checkpoint "
+        raise SpecError([f"{field}: {source!r} is neither a models:/ or runs:/ URI nor an existing checkpoint "
                          "file; give e.g. models:/<name>@champion or the path of a generation's model.pt"])
     return path
 

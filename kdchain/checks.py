@@ -9,6 +9,7 @@ import torch
 
 from kdchain.data import input_info, missing_data
 from kdchain.measure.profile import count_flops
+from kdchain.models.saved import read_checkpoint
 from kdchain.models import build_model, count_params, default_tap, describe
 from kdchain.models.taps import check_node, feature_shapes, tappable_nodes
 from kdchain.plans import known_archs
@@ -33,7 +34,7 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
                 models.append(build_model(g.arch, num_classes, input_shape[0]))
         except SpecError as e:  # freeze prefixes, channel counts: name the generation's field
             raise SpecError([f"{source}: {arch_field(g, line)}" for line in e.lines]) from None
-    problems = []
+    problems = [f"{source}: {line}" for line in _warm_problems(spec, gens, input_shape, num_classes)]
     for g in gens[1:]:
         where = f"{source}: generations.{g.index - 1}"
         if g.index == 1 and g.teachers == "ancestors":
@@ -44,7 +45,8 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
         elif len(g.teacher_weights) != g.index or not any(g.teacher_weights):
             problems.append(f"{where}.teacher_weights: give {g.index} weights, one per earlier generation "
                             f"({', '.join(x.name for x in gens[:g.index])}), not all zero")
-        problems += [f"{where}.student.prune.target: {line}" for line in _target_problems(spec, g)]
+        if g.warm_start is None:  # a warm start's architecture is the trained one it holds
+            problems += [f"{where}.student.prune.target: {line}" for line in _target_problems(spec, g)]
         hint = max([t.hint_epochs for t in g.distill if type(t).hint], default=0)
         if hint >= g.train.epochs:
             problems.append(f"{where}.distill: fitnet hint_epochs {hint} leaves no epoch of the full loss; "
@@ -66,6 +68,23 @@ def check_chain(spec: ChainSpec, source: str = "config") -> list[ResolvedGenerat
     if problems:
         raise SpecError(problems)
     return gens
+
+
+def _warm_problems(spec: ChainSpec, gens: list[ResolvedGeneration], input_shape, num_classes: int) -> list[str]:
+    """A warm start must fit the data and replaces any search (its architecture is the one it holds)."""
+    problems = []
+    for g in gens:
+        if g.warm_start is None:
+            continue
+        where = "teacher" if g.index == 0 else f"generations.{g.index - 1}"
+        held = read_checkpoint(g.warm_start)
+        if tuple(held["input_shape"]) != tuple(input_shape) or held["num_classes"] != num_classes:
+            problems.append(f"{where}.warm_start: the model takes {tuple(held['input_shape'])} inputs with "
+                            f"{held['num_classes']} classes; the data {spec.data.kind} has {tuple(input_shape)} "
+                            f"and {num_classes}")
+        if g.index > 0 and spec.generations[g.index - 1].search is not None:
+            problems.append(f"{where}: give warm_start (an architecture trained already) or search, not both")
+    return problems
 
 
 def _target_problems(spec: ChainSpec, g: ResolvedGeneration) -> list[str]:

@@ -67,7 +67,7 @@ def known_archs(spec: ChainSpec, gens: list[ResolvedGeneration]) -> list[KnownAr
             out.append(KnownArch(read_arch(trained[g.index]), TRAINED))
             continue
         arch = g.arch
-        if arch.kind != "pruned":
+        if arch.kind != "pruned" or g.warm_start is not None:  # exact: written out, or held by its warm start
             out.append(KnownArch(arch, ""))
             continue
         if g.index - 1 in trained:

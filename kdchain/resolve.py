@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdchain.checkpoints import read_arch, teacher_source
+from kdchain.checkpoints import read_arch, teacher_source, warm_source
 from kdchain.data import data_fingerprint
 from kdchain.models import default_tap, resolve_student
 from kdchain.spec import LOSSES, ChainSpec, DeploySpec, SpecError, TrainSpec, canonical_json, spec_hash
@@ -25,6 +25,7 @@ class ResolvedGeneration:
     teachers: str = "direct"  # or "ancestors": every earlier generation teaches the logit terms
     teacher_weights: list[float] = field(default_factory=list)  # per earlier generation, oldest first
     deploy: DeploySpec = field(default_factory=DeploySpec)  # its own or the chain's `deploy`
+    warm_start: Path | None = None  # the checkpoint it starts from (`warm_start`): its architecture is `arch`
 
     def as_json(self) -> dict:
         out = {"index": self.index, "name": self.name, "arch": self.arch.model_dump(mode="json"),
@@ -34,18 +35,23 @@ class ResolvedGeneration:
             out["teachers"], out["teacher_weights"] = self.teachers, self.teacher_weights
         if self.deploy.quantized:  # the int8 metrics belong to the result; unquantized keys stay as they were
             out["deploy"] = self.deploy.model_dump(mode="json")
+        if self.warm_start is not None:  # the weights it starts from, by content
+            out["warm_start"] = file_digest(self.warm_start)
         return out
 
 
 def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
     """Teacher first; each student derived from (or written next to) the architecture before it."""
-    teacher_arch = spec.teacher.model if spec.teacher.from_ is None else read_arch(teacher_source(spec))
+    warm = warm_source(spec, 0)
+    teacher_arch = (read_arch(warm) if warm else spec.teacher.model) if spec.teacher.from_ is None \
+        else read_arch(teacher_source(spec))
     gens = [ResolvedGeneration(0, "teacher", teacher_arch, [LOSSES["ce"](weight=1.0)], spec.teacher.train,
-                               deploy=spec.deploy_of(0))]
+                               deploy=spec.deploy_of(0), warm_start=warm)]
     for i, g in enumerate(spec.generations, start=1):
-        teacher_arch = gens[-1].arch
+        teacher_arch, warm = gens[-1].arch, warm_source(spec, i)
         try:
-            arch = resolve_student(g.student, teacher_arch, tapped_nodes(spec, i, default_tap(teacher_arch)))
+            arch = read_arch(warm) if warm else resolve_student(g.student, teacher_arch,
+                                                                 tapped_nodes(spec, i, default_tap(teacher_arch)))
         except SpecError as e:  # "student.derive: ..." -> "generations.0.student.derive: ..."
             raise SpecError([f"generations.{i - 1}.{line}" if line.startswith("student") else line
                              for line in e.lines]) from None
@@ -56,7 +62,7 @@ def resolve_chain(spec: ChainSpec) -> list[ResolvedGeneration]:
             for t in g.distill
         ]
         gens.append(ResolvedGeneration(i, g.name, arch, distill, g.train, g.teachers,
-                                       teacher_weights(g.teachers, g.teacher_weights, i), spec.deploy_of(i)))
+                                       teacher_weights(g.teachers, g.teacher_weights, i), spec.deploy_of(i), warm))
     return gens
 
 

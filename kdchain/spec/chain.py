@@ -5,16 +5,29 @@ Generation k is distilled from generation k-1 (or from every earlier one, `teach
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from kdchain.spec.base import Strict
 from kdchain.spec.deploy import DeploySpec
 from kdchain.spec.kinds import LOSSES
 from kdchain.spec.measure import MeasureSpec
+from kdchain.spec.retrain import RetrainSpec
 from kdchain.spec.search import SearchSpec
 from kdchain.spec.tracking import PromotionSpec, TrackingSpec
 from kdchain.spec.train import TrainSpec
 from kdchain.spec.unions import Arch, DataSpec, Loss, StudentSpec
+
+
+WARM_START = ("start from this model's architecture and weights and train it (train.epochs): a kdchain checkpoint "
+              "(model.pt), models:/<name>/<version> or runs:/<run_id>; a warm `kdchain retrain` fills it in from "
+              "the champion family")
+
+
+def _no_warm_start(data):
+    # configs without warm starts dump as before the field existed: generation keys and chain runs stay theirs
+    if isinstance(data, dict) and data.get("warm_start") is None:
+        data.pop("warm_start", None)
+    return data
 
 
 def _default_distill() -> list:
@@ -32,6 +45,11 @@ class TeacherSpec(Strict):
     from_: str | None = Field(None, alias="from", min_length=1, description=(
         "start from this model instead of training one: models:/<name>@<alias> or models:/<name>/<version>, "
         "runs:/<run_id>, or a kdchain checkpoint file (model.pt)"))
+    warm_start: str | None = Field(None, min_length=1, description=WARM_START)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _no_warm_start(handler(self))
 
     @model_validator(mode="after")
     def _model_or_from(self):
@@ -39,6 +57,9 @@ class TeacherSpec(Strict):
             raise ValueError("give either `model` (a teacher to train) or `from` (a model to start from), not both")
         if self.from_ is not None and "train" in self.model_fields_set:
             raise ValueError("`train` does not apply to a teacher loaded with `from` (it is not trained); remove it")
+        if self.warm_start is not None and self.from_ is not None:
+            raise ValueError("warm_start trains a model further; a teacher loaded with `from` is not trained: give "
+                             "`model` with warm_start, or `from` alone")
         if self.train.teacher_views:
             raise ValueError("train.teacher_views: the teacher is trained on labels and has no teacher whose views "
                              "could be stored; set teacher_views on the generations it teaches")
@@ -59,7 +80,12 @@ class GenerationSpec(Strict):
     teacher_weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
         None, description="with ancestors: one weight per teacher, oldest (the teacher) first; default equal")
     deploy: DeploySpec | None = Field(None, description="this generation's int8 export; default: the chain's `deploy`")
+    warm_start: str | None = Field(None, min_length=1, description=WARM_START + "; `student` and `search` then "
+                                   "give way to the architecture it holds")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _no_warm_start(handler(self))
 
     @field_validator("student", mode="before")
     @classmethod
@@ -95,6 +121,15 @@ class ChainSpec(Strict):
                                      description="when `kdchain schedule`/retrain moves the champion alias")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="what each generation ships: fp32 ONNX, "
                                "and with quantize: static|dynamic an int8 ONNX measured beside it")
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec, description="how `kdchain retrain` trains the family "
+                                 "again: full, or warm from the champion family's weights")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)  # the default `retrain` is left out: chain runs stay those of configs written before it
+        if isinstance(data, dict) and self.retrain == RetrainSpec():
+            data.pop("retrain", None)
+        return data
 
     @field_validator("generations")
     @classmethod

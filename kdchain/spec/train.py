@@ -50,6 +50,8 @@ class TrainSpec(Strict):
         "runs) reads them; each epoch trains on one stored view per image, drawn at random, and no teacher forward "
         "runs during training. 0 = the teacher runs live on every augmented batch")
 
+    retrain_epochs: int | None = Field(None, ge=1, description="epochs a warm retrain (`retrain: {mode: warm}`) "
+                                       "trains this generation; null = retrain.epochs_share of `epochs`")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec,
                                          description="data-parallel training over several processes (torch.distributed)")
 
@@ -63,6 +65,8 @@ class TrainSpec(Strict):
                 data.pop("distributed", None)
             if self.teacher_views == 0:
                 data.pop("teacher_views", None)
+            if self.retrain_epochs is None:
+                data.pop("retrain_epochs", None)
         return data
 
     @field_validator("cache", mode="before")

@@ -11,6 +11,8 @@ from mlflow.entities import RunTag
 from kdchain.tracking.store import CHAIN_DIGEST, PARENT, sqlite_path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+FAMILY = "kdchain.family."  # + generation name, on a registered version: runs:/<id> of that generation's weights
+CONFIG_DIGEST = "kdchain.retrain.config_digest"  # the config a retrain was given (a warm one trains another)
 
 
 class AliasMoved(Exception):
@@ -35,9 +37,19 @@ def champion_origin(uri: str, name: str) -> dict[str, str] | None:
     if not parent:
         return None
     tags = client.get_run(parent).data.tags
-    return {"version": held[0], "chain_digest": tags.get(CHAIN_DIGEST, ""),
+    return {"version": held[0], "chain_digest": tags.get(CONFIG_DIGEST) or tags.get(CHAIN_DIGEST, ""),
             "data_fingerprint": tags.get("kdchain.promotion.data_fingerprint", ""),
             "test_accuracy": client.get_run(held[1]).data.metrics.get("test_accuracy", float("nan"))}
+
+
+def champion_family(uri: str, name: str) -> dict[str, str]:
+    """{generation name: runs:/<id>} of the champion's whole family, teacher first, as registered with it; empty
+    without a champion (or one registered before families were)."""
+    held = alias_version(uri, name, CHAMPION)
+    if held is None:
+        return {}
+    tags = MlflowClient(uri).get_model_version(name, held[0]).tags
+    return {k[len(FAMILY):]: v for k, v in tags.items() if k.startswith(FAMILY)}
 
 
 def _alias_lock(uri: str, name: str, lock_dir: Path) -> FileLock:

@@ -23,6 +23,7 @@ from kdchain.spec import ChainSpec, flatten
 from kdchain.tracking.labels import (REGISTERED_MODEL, chain_name, experiment_url, generation_name, run_url,
                                      version_description)
 from kdchain.tracking.lineage import split_datasets
+from kdchain.tracking.registry import FAMILY
 from kdchain.tracking.report import ChainReport
 from kdchain.tracking.search_runs import SearchRuns
 from kdchain.tracking.tables import CLASS_NAMES, GenerationTables
@@ -263,15 +264,18 @@ class Tracker(ChainReport, SearchRuns, GenerationTables):
             self.client.set_tag(run_id, "kdchain.error", message[:5000])
             self.client.set_terminated(run_id, status=status)
 
-    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str, host: str = DEFAULT_UI) -> str:
+    def register(self, model_uri: str, name: str, chain_run_id: str, run_id: str, host: str = DEFAULT_UI,
+                 family: dict[str, str] | None = None) -> str:
         """Registers the model once per generation run; `models:/<name>@latest` then resolves to the newest version
         (MLflow reserves the alias `latest` for exactly that). The version's description names the generation and
-        its figures and links its runs; its metrics are those of the logged model it was registered from."""
+        its figures and links its runs; its metrics are those of the logged model it was registered from.
+        `family`: {generation: runs:/<id>} of every generation of its chain, tagged on the version (a warm retrain
+        starts from them; a rollback of the alias brings the whole family back)."""
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             existing = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
             if existing:
                 return max(existing, key=lambda v: int(v.version)).version
-        tags = {"kdchain.chain_run_id": chain_run_id}
+        tags = {"kdchain.chain_run_id": chain_run_id, **{f"{FAMILY}{k}": v for k, v in (family or {}).items()}}
         names = self.client.get_run(run_id).data.tags.get(CLASS_NAMES)
         if names:  # what each output means, on the version a deployment loads
             tags[CLASS_NAMES] = names
