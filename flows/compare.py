@@ -36,7 +36,7 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
 INT8_COLUMNS = ["size_bytes_onnx", "test_accuracy_int8", "latency_ms_int8", "throughput_ips_int8", "size_bytes_int8",
                 "int8_over_max_drop"]
 GENERATION_COLUMNS = ["generation", "name", "summary", "run_id", "test_accuracy", "val_accuracy", "params", "flops",
-                      "latency_ms", "size_bytes", "retention", "teacher_agreement", *INT8_COLUMNS]
+                      "latency_ms", "size_bytes", "retention", "teacher_agreement", *INT8_COLUMNS, "vs_champion"]
 CHAIN_COLUMNS = ["chain_run_id", "run_name", "started", "status", "generations", "teacher_test_accuracy", "final",
                  "final_summary", "final_run_id", "test_accuracy", "val_accuracy", "params", "flops", "latency_ms",
                  "size_bytes", "retention", "teacher_agreement", *INT8_COLUMNS]

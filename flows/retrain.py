@@ -15,10 +15,12 @@ from pydantic import BaseModel
 
 from flows import progress
 from flows.chain import ChainResult, chain_run_name, distill_chain
+from flows.generation import GenerationResult
 from kdchain import tracking
 from kdchain.checkpoints import warm_source
 from kdchain.data import data_fingerprint
-from kdchain.promotion import CHALLENGER, PROMOTED, Candidate, Decision, decide, decision_markdown, decision_tags
+from kdchain.promotion import (CHALLENGER, PROMOTED, Candidate, Decision, GenerationDecision, decide, decision_markdown,
+                               decision_tags, family_markdown, generation_decision, vs_champion)
 from kdchain.resolve import chain_digest
 from kdchain.scoring import score_checkpoint
 from kdchain.spec import ChainSpec, load_spec
@@ -142,17 +144,19 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     final = chain.generations[-1]
     version = chain.registered.rsplit("/", 1)[1]
 
+    family = tracking.champion_family(uri, name)  # read before any alias moves
     new, champion = score_candidates(spec, uri, name, version, final.run_id, final.checkpoint)
     decision = decide(new, champion, spec.promotion)
+    earlier = score_family(spec, uri, version, chain.generations[:-1], family)
     decision, champion_after = apply_decision(spec, uri, name, new, champion, decision)
+    decisions = earlier + [GenerationDecision(final.name, new, champion, decision)]
 
     tags = decision_tags(new, champion, decision, spec.promotion, data_fingerprint(spec.data),
                          tracking.test_data_name(spec.data, spec.seed))
     tags |= {tracking.CONFIG_DIGEST: chain_digest(given), "kdchain.retrain.mode": "warm" if warm else "full"}
-    markdown = decision_markdown(name, new, champion, decision, spec.promotion, champion_after)
-    tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
-    create_markdown_artifact(markdown=markdown, key=f"{_slug(name)}-promotion",
-                             description=f"Promotion decision for {name} version {version}: {decision.outcome}")
+    markdown = "\n".join([decision_markdown(name, new, champion, decision, spec.promotion, champion_after),
+                          family_markdown(decisions, spec.promotion)])
+    _record(spec, uri, name, version, chain.chain_run_id, tags, markdown, decisions)
     logger.info("%s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
     return RetrainResult(chain_run_id=chain.chain_run_id, model_name=name, new_version=version,
                          outcome=decision.outcome, reason=decision.reason,
@@ -160,3 +164,31 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
                          champion_before=champion.version if champion else None,
                          champion_test_accuracy=champion.scores[spec.promotion.metric] if champion else None,
                          champion_after=champion_after)
+
+
+@task(name="score-family")
+def score_family(spec: ChainSpec, uri: str, version: str, generations: list[GenerationResult],
+                 family: dict[str, str]) -> list[GenerationDecision]:
+    """Every generation but the final one against the champion family's generation of its name, scored side by
+    side on the same current test split and judged by the same rule."""
+    out = []
+    for g in generations:
+        new = Candidate(version, g.reused_from or g.run_id, score_checkpoint(spec, Path(g.checkpoint)))
+        old = None
+        if g.name in family:
+            path = tracking.fetch_checkpoint(family[g.name], uri, Path(spec.workdir) / "sources")
+            old = Candidate("champion", family[g.name].removeprefix("runs:/"), score_checkpoint(spec, path))
+        out.append(generation_decision(g.name, new, old, spec.promotion))
+    return out
+
+
+def _record(spec: ChainSpec, uri: str, name: str, version: str, chain_run_id: str, tags: dict[str, str],
+            markdown: str, decisions: list[GenerationDecision]) -> None:
+    """The decision on the chain run, the model version and in Prefect; each generation's verdict on its run."""
+    tracking.record_decision(uri, chain_run_id, name, version, tags, markdown)
+    tracker = tracking.Tracker(uri, spec.experiment_name())
+    for d in decisions:
+        if d.old is not None or d is decisions[-1]:
+            tracker.tag_run(d.new.run_id, {tracking.VS_CHAMPION: vs_champion(d, spec.promotion.metric)[:5000]})
+    create_markdown_artifact(markdown=markdown, key=f"{_slug(name)}-promotion",
+                             description=f"Promotion decision for {name} version {version}: {decisions[-1].decision.outcome}")

@@ -17,14 +17,18 @@ def generation_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     notes = any(r.get("note") for r in rows)
     int8 = any(r.get("test_accuracy_int8") is not None for r in rows)
+    retrained = any(r.get("vs_champion") for r in rows)  # a retrain: each generation against the champion's
     for col in ("gen", "architecture", "params", "FLOPs", "latency ms", "size", "test acc", "retention",
-                "agreement") + (INT8_HEADERS if int8 else ()) + (("",) if notes else ()):
-        table.add_column(col, justify="left" if col in ("gen", "architecture", "") else "right")
+                "agreement") + (INT8_HEADERS if int8 else ()) + (("vs champion",) if retrained else ()) \
+            + (("",) if notes else ()):
+        table.add_column(col, justify="left" if col in ("gen", "architecture", "", "vs champion") else "right")
     for r in rows:
         cells = [r["name"], r.get("summary", ""), fmt_int(r["params"]), fmt_int(r["flops"]),
                  f"{r['latency_ms']:.3f}", fmt_int(r["size_bytes"]) + "B", f"{r['test_accuracy']:.2%}",
                  f"{r['retention']:.3f}", f"{r['teacher_agreement']:.2%}"]
-        table.add_row(*cells, *(int8_cells(r) if int8 else ()), *([r.get("note", "")] if notes else []))
+        verdict = (r.get("vs_champion") or "-").split(" (")[0]  # "+0.0120: beats the champion's A"
+        table.add_row(*cells, *(int8_cells(r) if int8 else ()), *([verdict] if retrained else []),
+                      *([r.get("note", "")] if notes else []))
     return table
 
 

@@ -120,3 +120,50 @@ def decision_markdown(model_name: str, new: Candidate, champion: Candidate | Non
         + (f"; `@challenger` is version {new.version}." if decision.outcome == CHALLENGER else "."),
         "",
     ])
+
+
+@dataclass
+class GenerationDecision:
+    """One generation of the retrained family against the same generation of the champion family."""
+
+    name: str
+    new: Candidate
+    old: Candidate | None  # None: the champion family has no such generation
+    decision: Decision
+
+
+def generation_decision(name: str, new: Candidate, old: Candidate | None, rule: PromotionSpec) -> GenerationDecision:
+    """The promotion rule applied to one generation; the same run on both sides (reused) is `unchanged`."""
+    if old is not None and old.run_id == new.run_id:
+        return GenerationDecision(name, new, old, Decision(UNCHANGED, ["the same model (reused, not retrained)"], 0.0))
+    return GenerationDecision(name, new, old, decide(new, old, rule))
+
+
+def vs_champion(d: GenerationDecision, metric: str) -> str:
+    """One line for the generation's run: how it compares with the champion family's generation of its name."""
+    if d.old is None:
+        return f"the champion family has no {d.name}: {d.decision.reason}"
+    verdict = {PROMOTED: "beats", CHALLENGER: "does not beat", UNCHANGED: "is"}[d.decision.outcome]
+    return (f"{d.decision.gain:+.4f}: {verdict} the champion's {d.name} ({metric.replace('_', ' ')} "
+            f"{d.old.scores[metric]:.4f} -> {d.new.scores[metric]:.4f}); {d.decision.reason}")
+
+
+def family_markdown(decisions: list[GenerationDecision], rule: PromotionSpec) -> str:
+    """The decision table of a retrain: generation x champion's / newcomer's figures x the rule's verdict. The
+    family moves as one (its final student's decision moves `champion`): its generations taught each other."""
+    metric = rule.metric
+
+    def cell(c: Candidate | None, key: str, fmt: str) -> str:
+        return "-" if c is None or key not in c.scores else format(c.scores[key], fmt)
+
+    rows = ["| generation | champion's | newcomer | gain | champion's latency ms | newcomer's latency ms | rule |",
+            "|---|---|---|---|---|---|---|"]
+    for d in decisions:
+        gain = "-" if d.decision.gain is None else f"{d.decision.gain:+.4f}"
+        verdict = {PROMOTED: "beats", CHALLENGER: "does not beat", UNCHANGED: "unchanged"}[d.decision.outcome]
+        rows.append(f"| {d.name} | {cell(d.old, metric, '.4f')} | {cell(d.new, metric, '.4f')} | {gain} | "
+                    f"{cell(d.old, 'latency_ms', '.3f')} | {cell(d.new, 'latency_ms', '.3f')} | {verdict} |")
+    return "\n".join(["## Generation by generation", "",
+                      f"Each generation against the champion family's, {metric.replace('_', ' ')} on the same test "
+                      "split, by the same rule; the family moves as one, by its final student's decision.", "",
+                      *rows, ""])

@@ -1,6 +1,8 @@
 """`kdchain retrain`: when nothing is new, the data and the config the champion was trained on train nothing; when
 the data changed, a warm retrain starts every generation from the champion family's weights and architectures."""
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -57,6 +59,14 @@ def _warm_on_new_data(tmp_path, cfg: dict, client: MlflowClient, experiment: str
         assert len(client.get_metric_history(old.info.run_id, "val_accuracy")) == 4
         # its weights are the champion's: it knows what they knew (a fresh model at this rate is at chance, 10%)
         assert new.data.metrics["test_accuracy"] > max(0.5, old.data.metrics["test_accuracy"] - 0.1)
+        assert f"the champion's {name} (test accuracy " in new.data.tags["kdchain.promotion.vs_champion"]
+    # the decision table, generation by generation: on the chain run and in `kdchain compare`
+    table = client.download_artifacts(chain.info.run_id, "promotion.md", str(tmp_path))
+    text = open(table).read()
+    assert "## Generation by generation" in text and "| teacher | 0." in text and "| A | 0." in text
+    assert main(["compare", "--tracking-uri", cfg["tracking"]["uri"], "--experiment", "steady", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["generations"]
+    assert [r["vs_champion"][0] in "+-" for r in rows] == [True, True]
 
 
 def test_a_warm_retrain_needs_every_generation_of_the_champion_family(tmp_path):

@@ -12,6 +12,7 @@ from kdchain.tracking.store import CHAIN_DIGEST, PARENT, sqlite_path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FAMILY = "kdchain.family."  # + generation name, on a registered version: runs:/<id> of that generation's weights
+VS_CHAMPION = "kdchain.promotion.vs_champion"  # on a retrained generation's run: how it compares with the champion's
 CONFIG_DIGEST = "kdchain.retrain.config_digest"  # the config a retrain was given (a warm one trains another)
 
 

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import mlflow
 
+from kdchain.tracking.registry import VS_CHAMPION
 from kdchain.tracking.reuse import REUSED_FROM
 from kdchain.tracking.store import CHOSEN, GENERATION, GENERATION_NAME, KIND, TABLE_KEYS
 
@@ -38,6 +39,8 @@ class GenerationTables:
                            "class_names": json.loads(run.data.tags.get(CLASS_NAMES, "null"))}
             if CHOSEN in run.data.tags:  # a searched generation: compare says which trial was chosen
                 rows[index]["note"] = run.data.tags[CHOSEN]
+            if VS_CHAMPION in run.data.tags:  # a retrained generation against the champion family's
+                rows[index]["vs_champion"] = run.data.tags[VS_CHAMPION]
             if REUSED_FROM in run.data.tags:  # not trained in this chain run: compare says where it was
                 rows[index]["reused_from"] = run.data.tags[REUSED_FROM]
                 rows[index]["note"] = " ".join(filter(None, [rows[index].get("note"),
