@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdchain.checkpoints import load_checkpoint, load_compatible, save_checkpoint, teacher_source
-from kdchain.data import batches, load_data
+from kdchain.data import batches, labeled_only, load_data
 from kdchain.distill import Diverged, EpochReport, RankFailed, Teachers, evaluate, fit, free_cores, pick_device
 from kdchain.distill.distributed import (EpochWriter, backend_for, launch, leave_group, rank_and_world, rank_process,
                                          record)
@@ -140,6 +140,8 @@ def _train_generation(spec: ChainSpec, index: int, teacher_checkpoint: Path | No
     data = load_data(spec.data, spec.seed)
     if index == 0 and spec.teacher.from_ is not None:
         return load_teacher_generation(spec, gen)
+    if index == 0:  # the teacher learns from labels: unlabeled images (`data.unlabeled`) teach its students only
+        data = labeled_only(data)
     torch.manual_seed(spec.seed + index)
     out_dir = Path(out_dir)
     student, arch, teacher, candidates = _student_and_teacher(spec, gen, data, teacher_checkpoint, extra_teachers,

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdchain.data import batches, data_fingerprint
+from kdchain.data import batches, data_fingerprint, labeled_only
 from kdchain.distill import Teachers
 from kdchain.distill.losses import LOGITS, DistillLoss, teacher_key
 from kdchain.distill.teacher_views import VIEWS_VERSION, ViewStore
@@ -67,11 +67,12 @@ def pruned_student(teacher: nn.Module, teacher_arch, arch: PrunedArch, data, see
 def training_sample(data, seed: int, batch_size: int = 64):
     """n -> n seeded batches of the training split (cycled), on the CPU: what pruning scores channels and blocks on."""
     gen = torch.Generator().manual_seed(seed)
+    labeled = labeled_only(data)  # taylor importance reads labels
 
     def sample(n: int) -> list:
         out = []
         while len(out) < n:
-            out += list(itertools.islice(batches(data.train, batch_size, gen), n - len(out)))
+            out += list(itertools.islice(batches(labeled.train, batch_size, gen), n - len(out)))
         return [(x.cpu(), y.cpu()) for x, y in out]
     return sample
 

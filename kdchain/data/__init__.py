@@ -6,7 +6,7 @@ with kdchain.spec.kinds.SOURCES.register and implements `load`, `shape` and `tra
 """
 
 from kdchain.data.splits import (DataBundle, Split, batches, data_fingerprint, data_notes, files_fingerprint,
-                                 input_info, load_data, missing_data, split_digest, stratified_split)
+                                 input_info, labeled_only, load_data, missing_data, split_digest, stratified_split)
 
 __all__ = ["DataBundle", "Split", "batches", "data_fingerprint", "data_notes", "files_fingerprint", "input_info",
-           "load_data", "missing_data", "split_digest", "stratified_split"]
+           "labeled_only", "load_data", "missing_data", "split_digest", "stratified_split"]

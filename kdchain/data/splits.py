@@ -6,7 +6,7 @@ in-memory tensors is several times slower and buys nothing here.
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -55,6 +55,16 @@ class DataBundle:
     def to(self, device) -> "DataBundle":
         return DataBundle(self.train.to(device), self.val.to(device), self.test.to(device),
                           self.num_classes, self.class_names, self.skipped, self.augment)
+
+
+def labeled_only(data: DataBundle) -> DataBundle:
+    """The bundle with its training split's labeled images alone (unlabeled ones have label -1): what the teacher
+    trains on and pruning scores with; the bundle itself when every image has its label."""
+    train = data.train
+    if hasattr(train, "stream") or bool((train.y >= 0).all()):
+        return data
+    keep = train.y >= 0
+    return replace(data, train=Split(train.x[keep], train.y[keep], train.transform))
 
 
 def missing_data(spec) -> str | None:

@@ -338,6 +338,7 @@ def fit(student: nn.Module, teacher: nn.Module | None, loss: DistillLoss, data: 
     # a split streamed from disk (kdchain.data.sources.imagefolder.StreamSplit) stays where it is; in-memory ones move
     streamed = hasattr(data.train, "stream")
     train_split = data.train if streamed else data.train.to(device)
+    loss.partial_labels = not streamed and bool((data.train.y < 0).any())  # unlabeled images (`data.unlabeled`)
     val_split = data.val if hasattr(data.val, "stream") else data.val.to(device)
     replayable = None  # the data set's own augmentation, which stored views can replay
     if augment is None and data.augment is not None:  # the data set's per-batch augmentation (kdchain.data.augment)

@@ -5,6 +5,7 @@ Each term sees the student's outputs, the teacher's outputs (or None) and the la
 {"logits": (N, K), node: (N, C, H, W)} from `kdchain.models.taps.Tapped`.
 """
 
+import torch
 from torch import nn
 
 from kdchain.spec.distill import LOGITS
@@ -48,8 +49,15 @@ class DistillLoss(nn.Module):
         """The feature nodes this loss reads from the `student` or the `teacher`."""
         return sorted({getattr(t, f"{side}_node") for t in self.terms if getattr(t, f"{side}_node", None)})
 
-    def _term(self, i: int, term, student_out: dict, teacher_out: dict | None, y):
+    partial_labels = False  # set by fit: some training images have no label (-1); label terms skip them
+
+    def _term(self, i: int, term, student_out: dict, teacher_out: dict | None, y, labeled=None):
         adapter = self.adapters[str(i)] if str(i) in self.adapters else None
+        if labeled is not None and type(term).labels:  # ce, dkd: on the batch's labeled images alone
+            if not bool(labeled.any()):  # a host sync, only when the data holds unlabeled images
+                return student_out[LOGITS].sum() * 0.0
+            student_out, y = _rows(student_out, labeled), y[labeled]
+            teacher_out = None if teacher_out is None else _rows(teacher_out, labeled)
         if not type(term).logits or len(self.teacher_weights) == 1:
             return term.value(student_out, teacher_out, y, adapter)
         total = sum(self.teacher_weights.values())
@@ -57,8 +65,14 @@ class DistillLoss(nn.Module):
                    for key, w in self.teacher_weights.items())
 
     def forward(self, student_out: dict, teacher_out: dict | None, y):
-        parts = {name: self._term(i, term, student_out, teacher_out, y)
+        labeled = y >= 0 if self.partial_labels else None
+        parts = {name: self._term(i, term, student_out, teacher_out, y, labeled)
                  for i, (term, name) in enumerate(zip(self.terms, self.names))}
         counted = [(t, n) for t, n in zip(self.terms, self.names) if not self.hint_only or type(t).hint]
         total = sum(term.weight * parts[name] for term, name in counted)
         return total, parts
+
+
+def _rows(outputs: dict, keep: torch.Tensor) -> dict:
+    """The outputs (logits, tapped maps, other teachers' logits: (N, ...) each) of the rows `keep` marks."""
+    return {k: v[keep] for k, v in outputs.items()}

@@ -1,6 +1,6 @@
 """`ce`: cross-entropy on the labels."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch.nn.functional as F
 from pydantic import Field
@@ -12,6 +12,8 @@ from kdchain.spec.kinds import LOSSES
 @LOSSES.register
 class CeLoss(LossTerm):
     """Cross-entropy on the labels."""
+
+    labels: ClassVar[bool] = True
 
     kind: Literal["ce"] = "ce"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy")

@@ -34,6 +34,7 @@ class DkdLoss(LossTerm):
 
     teacher: ClassVar[bool] = True
     logits: ClassVar[bool] = True
+    labels: ClassVar[bool] = True  # the target class is the label's
     kind: Literal["dkd"] = "dkd"
     alpha: float = Field(1.0, ge=0.0, description="weight of TCKD (target vs. non-target probability)")
     beta: float = Field(8.0, ge=0.0, description="weight of NCKD (distribution among the non-target classes)")

@@ -1,7 +1,7 @@
 """What every data set is (`Source`; the sources are modules of kdchain/data/sources/), its split and its
 per-batch augmentation. The union of the sources, DataSpec, is built in kdchain.spec.unions."""
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from kdchain.spec.base import Strict
 
@@ -37,6 +37,14 @@ class Source(Strict):
 
     kind: str
     augment: Augment = Field(default_factory=Augment, description="per-batch augmentation")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # a source with an `unlabeled` field and none given dumps (and keys its results) as before the field existed
+        data = handler(self)
+        if isinstance(data, dict) and data.get("unlabeled", 0) is None:
+            data.pop("unlabeled")
+        return data
 
     def load(self, seed: int):
         """The splits (kdchain.data.splits.DataBundle), split with `seed`."""

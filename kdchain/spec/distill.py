@@ -17,13 +17,15 @@ class LossTerm(Strict):
     - logits: it compares logits, so with `teachers: ancestors` every earlier generation teaches it;
     - features: it reads the maps at `teacher_node` / `student_node` (default: each model's last feature map);
     - adapted: a module trained with the student maps its node's output to the teacher's (`adapter` makes it);
-    - hint: it trains alone for its `hint_epochs` first (FitNets' stage 1)."""
+    - hint: it trains alone for its `hint_epochs` first (FitNets' stage 1);
+    - labels: it reads the labels, so it sees only the labeled images of a batch that holds unlabeled ones too."""
 
     teacher: ClassVar[bool] = False
     logits: ClassVar[bool] = False
     features: ClassVar[bool] = False
     adapted: ClassVar[bool] = False
     hint: ClassVar[bool] = False
+    labels: ClassVar[bool] = False
 
     kind: str
     weight: float = Field(1.0, ge=0.0, description="weight of this term in the generation's loss")

@@ -39,6 +39,9 @@ class ImageFolderData(Source):
                                                           "this budget; otherwise stream them from disk")
     workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming")
     augment: Augment = Field(default_factory=Augment, description="per-batch augmentation")
+    unlabeled: str | None = Field(None, min_length=1, description=(
+        "a folder of images without labels (no class folders; read recursively): more training images that "
+        "students distil on, their teacher's outputs the only target; the teacher and label terms never see them"))
 
     def load(self, seed: int) -> DataBundle:
         return load_imagefolder(self, seed)
@@ -51,16 +54,18 @@ class ImageFolderData(Source):
         root = Path(self.root)
         split = root / "train" if (root / "train").is_dir() else root
         files = sum(len(names) for _, _, names in os.walk(split)) if split.is_dir() else 0
-        return files if split != root else int(files * (1 - self.split.val - self.split.test))
+        files = files if split != root else int(files * (1 - self.split.val - self.split.test))
+        return files + len(unlabeled_files(self))
 
     def problem(self) -> str | None:
-        return folder_problem(self)
+        return folder_problem(self) or unlabeled_problem(self)
 
     def notes(self) -> list[str]:
         return folder_notes(self)
 
     def fingerprint(self) -> str:
-        return files_fingerprint(self.root)  # a folder that grew retrains
+        own = files_fingerprint(self.root)  # a folder that grew retrains
+        return own if self.unlabeled is None else own + files_fingerprint(self.unlabeled)
 
 
 
@@ -234,6 +239,23 @@ def folder_problem(spec: ImageFolderData) -> str | None:
     return None
 
 
+def unlabeled_files(spec: ImageFolderData) -> list[Path]:
+    """The files under `unlabeled`, sorted (their order is part of the seeded batches); none without it."""
+    if spec.unlabeled is None or not Path(spec.unlabeled).is_dir():
+        return []
+    return sorted(p for p in Path(spec.unlabeled).rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def unlabeled_problem(spec: ImageFolderData) -> str | None:
+    if spec.unlabeled is None:
+        return None
+    if not Path(spec.unlabeled).is_dir():
+        return f"data.unlabeled: {spec.unlabeled} is not a folder; give a folder of images (no class folders needed)"
+    if not unlabeled_files(spec):
+        return f"data.unlabeled: {spec.unlabeled} holds no file; put the unlabeled images there or remove the field"
+    return None
+
+
 def folder_notes(spec: ImageFolderData) -> list[str]:
     """What `validate` says beside its OK: the files a run will skip."""
     try:
@@ -261,9 +283,13 @@ def load_imagefolder(spec: ImageFolderData, seed: int) -> DataBundle:
                  "test": files.get("test") or [base[i] for i in te]}
     else:
         parts = {s: files[s] for s in SPLITS}
+    parts["train"] = parts["train"] + [(p, -1) for p in unlabeled_files(spec)]  # label -1: no label
 
     n = sum(len(v) for v in parts.values())
     fits = n * 3 * spec.image_size ** 2 <= spec.memory_budget_mb * 2**20
+    if spec.unlabeled is not None and not fits:
+        raise SpecError([f"data.unlabeled: the {n:,} images do not fit memory_budget_mb {spec.memory_budget_mb:g}; "
+                         "unlabeled images are trained on decoded in memory: raise memory_budget_mb"])
     if fits:  # decode once, keep uint8
         splits = {}
         with ThreadPoolExecutor(max(1, spec.workers)) as pool:

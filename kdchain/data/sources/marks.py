@@ -15,11 +15,19 @@ from pydantic import Field
 
 from kdchain.data.images import make_normalise
 from kdchain.data.splits import DataBundle, Split
+from kdchain.spec.base import Strict
 from kdchain.spec.data import Augment, Source
 from kdchain.spec.kinds import SOURCES
 
 CLASS_NAMES = ["dot", "two-dots", "three-dots", "ring", "ring-dot", "cross", "bar", "two-bars", "square", "four-dots"]
 
+
+
+class MarksUnlabeled(Strict):
+    """Extra training images whose labels are dropped: what production sends without anyone labelling it."""
+
+    count: int = Field(ge=1, description="unlabeled training images, beside the labeled train_size")
+    difficulty: float | None = Field(None, ge=0.0, le=1.0, description="their difficulty; default the data's")
 
 
 @SOURCES.register
@@ -35,6 +43,9 @@ class MarksData(Source):
                                                                "uneven lighting, small low-contrast marks")
     augment: Augment = Field(default_factory=lambda: Augment(crop_padding=2, flip=True),
                              description="per-batch augmentation (every class is mirror-symmetric)")
+    unlabeled: MarksUnlabeled | None = Field(None, description="extra training images without labels: students "
+                                             "distil on them (their teacher's outputs the only target), label terms "
+                                             "and the teacher never see them")
 
     def load(self, seed: int) -> DataBundle:
         return load_marks(self, seed)
@@ -43,7 +54,7 @@ class MarksData(Source):
         return (3, self.image_size, self.image_size), len(SHAPES)
 
     def train_images(self) -> int:
-        return self.train_size
+        return self.train_size + (self.unlabeled.count if self.unlabeled else 0)
 
 
 
@@ -170,5 +181,9 @@ def load_marks(spec: MarksData, seed: int) -> DataBundle:
     xva, yva = generate(spec.val_size, spec.image_size, spec.difficulty, seed * 3 + 2)
     xte, yte = generate(spec.test_size, spec.image_size, spec.difficulty, seed * 3 + 3)
     norm = make_normalise("dataset", xtr, spec.image_size)
+    if spec.unlabeled is not None:  # a fourth stream; label -1: kdchain.distill.losses leaves them to teacher terms
+        difficulty = spec.difficulty if spec.unlabeled.difficulty is None else spec.unlabeled.difficulty
+        xun, _ = generate(spec.unlabeled.count, spec.image_size, difficulty, seed * 3 + 4 + 10**6)
+        xtr, ytr = torch.cat([xtr, xun]), torch.cat([ytr, torch.full((len(xun),), -1, dtype=ytr.dtype)])
     return DataBundle(Split(xtr, ytr, norm), Split(xva, yva, norm), Split(xte, yte, norm),
                       num_classes=len(SHAPES), class_names=CLASS_NAMES)
