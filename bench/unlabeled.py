@@ -34,14 +34,20 @@ ARMS = ["labeled only", "+ unlabeled", "all labeled"]
 
 
 def arm_config(args, seed: int, arm: str, folder: Path) -> Path:
+    """Every generation trains the same number of steps in every arm: `--epochs` over all the images, scaled up
+    for a generation that sees the labeled ones alone (the labeled-only arm, and the teacher of `+ unlabeled`)."""
     cfg = yaml.safe_load((ROOT / "configs" / "marks-chain.yaml").read_text())
     cfg["generations"] = cfg["generations"][:3]
-    size = args.labeled + (args.unlabeled if arm == "all labeled" else 0)
-    cfg["data"].update(train_size=size, val_size=args.val_size, test_size=args.test_size)
+    total = args.labeled + args.unlabeled
+    size = total if arm == "all labeled" else args.labeled
+    cfg["data"].update(train_size=size, val_size=args.val_size, test_size=args.test_size,
+                       image_size=args.image_size, difficulty=args.difficulty)
     if arm == "+ unlabeled":
         cfg["data"]["unlabeled"] = {"count": args.unlabeled}
-    for part in [cfg["teacher"], *cfg["generations"]]:
-        part["train"]["epochs"] = args.epochs
+    scaled = round(args.epochs * total / args.labeled)
+    cfg["teacher"]["train"]["epochs"] = args.epochs if arm == "all labeled" else scaled
+    for part in cfg["generations"]:
+        part["train"]["epochs"] = scaled if arm == "labeled only" else args.epochs
     slug = arm.replace(" ", "-").replace("+", "plus")
     cfg.update(seed=seed, workdir=str(folder / "work"), tracking={
         "uri": f"sqlite:///{folder / 'store' / 'mlflow.db'}", "experiment": f"{slug}-{seed}"})
@@ -78,23 +84,30 @@ def report(results: dict[int, dict], args, minutes: float) -> str:
     return "\n".join([
         "## Unlabeled images (marks)", "",
         f"Measured by `PREFECT_HOME=... python bench/unlabeled.py --seeds {' '.join(map(str, seeds))} --labeled "
-        f"{args.labeled} --unlabeled {args.unlabeled} --epochs {args.epochs}` on {args.cpu or 'this CPU'}, "
-        f"{minutes:.1f} min in all. The marks family (teacher -> A -> B -> C of configs/marks-chain.yaml, "
-        f"{args.epochs} epochs a generation) with {args.labeled:,} labeled training images, the same plus "
-        f"{args.unlabeled:,} unlabeled ones (`data.unlabeled`), and all {args.labeled + args.unlabeled:,} labeled; "
-        f"test accuracy on {args.test_size:,} test images, mean ± std over {len(seeds)} seeds. The teacher trains "
-        "on labeled images alone, so its `+ unlabeled` row equals `labeled only`.", "", *rows, "",
+        f"{args.labeled} --unlabeled {args.unlabeled} --epochs {args.epochs} --image-size {args.image_size} "
+        f"--difficulty {args.difficulty}` on {args.cpu or 'this CPU'}, {minutes:.1f} min in all. The marks family "
+        f"(teacher -> A -> B -> C of configs/marks-chain.yaml at {args.image_size}x{args.image_size}, difficulty "
+        f"{args.difficulty}) with {args.labeled:,} labeled training images, the same plus {args.unlabeled:,} "
+        f"unlabeled ones (`data.unlabeled`), and all {args.labeled + args.unlabeled:,} labeled; test accuracy on "
+        f"{args.test_size:,} test images, mean ± std over {len(seeds)} seeds. Every generation trains the same "
+        f"number of steps in every arm ({args.epochs} epochs over {args.labeled + args.unlabeled:,} images, "
+        f"{round(args.epochs * (args.labeled + args.unlabeled) / args.labeled)} over {args.labeled:,}). The teacher "
+        "trains on labeled images alone, so its `+ unlabeled` row equals `labeled only` (the same steps on the same "
+        "images).", "", *rows, "",
         f"Wall time per chain (`kdchain run`, Prefect start included): {walls}.", ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--labeled", type=int, default=500)
-    parser.add_argument("--unlabeled", type=int, default=4500)
+    parser.add_argument("--labeled", type=int, default=1000)
+    parser.add_argument("--unlabeled", type=int, default=9000)
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--difficulty", type=float, default=0.5)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs over all --labeled + --unlabeled images; a "
+                        "generation that sees the labeled ones alone trains as many steps (more epochs)")
     parser.add_argument("--cpu", default="", help="the CPU's name for the report (lscpu's model name, bf16 or not)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "retraining.md")
     args = parser.parse_args()
