@@ -62,6 +62,7 @@ def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
     if target.is_file():
         return target
     _store_holds_models(source, uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar on stderr: one line or none
     client = MlflowClient(uri)
     try:
         run_id = _source_run(client, source)
@@ -70,8 +71,8 @@ def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
             os.replace(run_checkpoint(client, uri, run_id, tmp), target)
     except mlflow.exceptions.MlflowException as e:
         raise CheckpointSourceError(f"teacher.from: {source}: cannot fetch its kdchain checkpoint from {uri} "
-                                    f"({str(e).splitlines()[0][:200]}); only models logged by kdchain can be teachers "
-                                    "through `from`") from None
+                                    f"({str(e).splitlines()[0][:200]}); only models that kdchain logged can be "
+                                    "loaded this way") from None
     return target
 
 
