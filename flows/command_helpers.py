@@ -24,14 +24,16 @@ def load_checked(args):
 
 
 def machine_problems(spec, args) -> list[str]:
-    """What this machine must offer before training: files on disk (weights, data), CUDA for `device: cuda`, a
-    writable workdir and MLflow store, a tracking server that answers. Creates nothing."""
-    from kdchain.checks import forward_problems, missing_resources
+    """What this machine must offer before training: files on disk (weights, data), models that run, export and
+    quantize as `deploy` asks, CUDA for `device: cuda`, a writable workdir and MLflow store, a tracking server that
+    answers. Creates nothing."""
+    from kdchain.checks import deploy_problems, forward_problems, missing_resources
     from kdchain.tracking import resolve_uri, store_problem, tracking_problem
     from kdchain.writable import unwritable_reason
 
     problems = missing_resources(spec, str(args.config))
     problems = problems or forward_problems(spec, str(args.config))  # with its weights and data on disk
+    problems = problems or deploy_problems(spec, str(args.config))  # what it ships: ONNX, int8, QAT
     workdir = unwritable_reason(spec.workdir)
     if workdir:
         problems.append(f"{args.config}: workdir: cannot write {spec.workdir} ({workdir}); make it writable or "

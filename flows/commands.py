@@ -11,14 +11,12 @@ from flows.tables import generation_table
 
 def cmd_run(args) -> int:
     from flows import server
-    from kdchain.checks import deploy_problems
     from kdchain.resolve import fresh_index
 
     spec = load_checked(args)
     fresh_index(spec, args.fresh)  # an unknown generation name: one line, before anything starts
     started = start(spec, args, f"kdchain: chain [bold]{spec.name}[/] — teacher → "
-                    + " → ".join(g.name for g in spec.generations) + " (starting Prefect)",
-                    deploy_problems(spec, str(args.config)))
+                    + " → ".join(g.name for g in spec.generations) + " (starting Prefect)")
     if isinstance(started, int):
         return started
     from flows.chain import distill_chain
@@ -45,11 +43,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    from kdchain.checks import deploy_problems
-
     spec = load_checked(args)
     started = start(spec, args, f"kdchain: retraining [bold]{spec.name}[/], then newcomer vs champion (starting "
-                    "Prefect)", deploy_problems(spec, str(args.config)), flow_module="flows.retrain")
+                    "Prefect)", flow_module="flows.retrain")
     if isinstance(started, int):
         return started
     from flows.retrain import retrain

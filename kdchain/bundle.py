@@ -21,6 +21,14 @@ from kdchain.shipping import quantize_generation
 from kdchain.spec import ChainSpec, DeploySpec
 
 
+
+def int8_method(int8: dict) -> str:
+    """How the int8 file was made: qat (fine-tuned with fake quantization during the chain run), bounded-ptq (ONNX
+    Runtime's quantizer with nodes kept float to hold deploy.max_drop) or ptq; kdchain export quantizes static."""
+    if int8["mode"] == "qat" and int8["quantized"] == "during the chain run":
+        return "qat"
+    return "bounded-ptq" if int8.get("float_nodes") else "ptq"
+
 def normalisation(spec: ChainSpec, data) -> dict:
     """How raw images become the model's input `x`."""
     transform = getattr(data.test, "transform", None)
@@ -80,6 +88,7 @@ def write_bundle(spec: ChainSpec, chain_run_id: str, rows: list[dict], out: Path
                                        m["throughput_ips_int8"]) | {"quantized": "by kdchain export",
                                                                     "float_nodes": result.float_nodes}
             entry["int8"]["mode"] = gens[row["generation"]].deploy.quantize
+            entry["int8"]["method"] = int8_method(entry["int8"])
             entries.append(entry)
         manifest = {"chain": spec.name, "chain_run_id": chain_run_id,
                     "input": {"name": "x", "shape": ["batch", *data.input_shape], "dtype": "float32",

@@ -25,7 +25,7 @@ from kdchain.models import build_model, describe, prepare_for_training
 from kdchain.resolve import ResolvedGeneration, resolve_chain, teacher_indices
 from kdchain.resources import ResourceError, resource_error
 from kdchain.scoring import test_metrics
-from kdchain.shipping import export_checked, int8_tags, quantize_generation
+from kdchain.shipping import export_checked, int8_tags, ship_int8
 from kdchain.spec import ChainSpec, PrunedArch
 from kdchain.sizing import target_met
 from kdchain.students import build_loss, pruned_student, sized_student_arch, view_store
@@ -225,11 +225,13 @@ def _measure_and_ship(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Modu
     export_warning = export_checked(student, data.input_shape, onnx_path,
                                     next(batches(data.test, 256, shuffle=False))[0], costs.latency_ms, metrics,
                                     spec.measure.model_dump(exclude={"keep_onnx"}))
-    int8 = None if export_warning or not onnx_path.is_file() else quantize_generation(
-        spec, gen, data, onnx_path, metrics["test_accuracy"])
+    int8 = None if export_warning or not onnx_path.is_file() else ship_int8(
+        spec, gen, student, teacher, data, onnx_path, metrics["test_accuracy"])
     if not spec.measure.keep_onnx:  # measured (and quantized from); the weights are stored twice, not four times
         onnx_path.unlink(missing_ok=True)
-    seconds.update({"evaluate": t1 - t0, "profile": t2 - t1, "export": time.perf_counter() - t2})
+    qat = int8.metrics.get("qat_seconds", 0.0) if int8 is not None else 0.0  # fine-tuning, not export
+    seconds.update({"evaluate": t1 - t0, "profile": t2 - t1, "export": time.perf_counter() - t2 - qat}
+                   | ({"qat": qat} if qat else {}))
     outcome = GenerationOutcome(gen.index, gen.name, describe(arch), str(checkpoint), metrics, seconds=seconds,
                                 confusion=confusion, class_names=list(data.class_names),
                                 export_warning=export_warning, skipped=list(data.skipped))

@@ -146,25 +146,33 @@ def forward_problems(spec: ChainSpec, source: str = "config") -> list[str]:
 
 def deploy_problems(spec: ChainSpec, source: str = "config") -> list[str]:
     """Generations to be quantized whose model cannot be exported to ONNX (an operator opset 17 lacks, such as
-    VOLO's col2im): found by exporting the untrained model now, before hours of training end in that error."""
+    VOLO's col2im), or with `quantize: qat` fake-quantized, exported and run (kdchain.measure.qat: a few seconds
+    a generation): found on the untrained model now, before hours of training end in that error."""
     import tempfile
     from pathlib import Path
 
     from kdchain.measure.export import export_onnx
+    from kdchain.measure.qat import qat_problem
 
     input_shape, num_classes = input_info(spec.data)
     problems = []
     for g in resolve_chain(spec):
         if not g.deploy.quantized or (g.index == 0 and spec.teacher.from_ is not None):
             continue
+        where = f"{source}: {'teacher' if g.index == 0 else f'generations.{g.index - 1}'}.deploy.quantize"
+        model = build_model(g.arch, num_classes, input_shape[0])
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                export_onnx(build_model(g.arch, num_classes, input_shape[0]), input_shape, Path(tmp) / "m.onnx")
+                export_onnx(model, input_shape, Path(tmp) / "m.onnx")
             except Exception as e:  # the exporter's own words: the first line names the operator
                 first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-                where = "teacher" if g.index == 0 else f"generations.{g.index - 1}"
-                problems.append(f"{source}: {where}.deploy.quantize: {describe(g.arch)} cannot be exported to ONNX "
-                                f"({first[:200]}); set deploy: {{quantize: none}} for it or choose another model")
+                problems.append(f"{where}: {describe(g.arch)} cannot be exported to ONNX ({first[:200]}); set "
+                                "deploy: {quantize: none} for it or choose another model")
+                continue
+        why = qat_problem(model, input_shape) if g.deploy.quantize == "qat" else ""
+        if why:
+            problems.append(f"{where}: qat: generation {g.name} ({describe(g.arch)}) cannot be quantization-aware "
+                            f"trained and shipped: {why}; set deploy: {{quantize: static}} for it")
     return problems
 
 

@@ -33,12 +33,29 @@ def export_checked(model: nn.Module, input_shape, path: Path, check_x: torch.Ten
         return f"{e}; the ONNX file is left out"
 
 
+def ship_int8(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module, teacher: nn.Module | None, data,
+              onnx_path: Path, fp32_accuracy: float) -> Int8Result | None:
+    """The int8 model a trained generation ships (`deploy.quantize`): quantized from its ONNX file (static,
+    dynamic), or fine-tuned with fake quantization and exported (qat: kdchain.qat); None without."""
+    if gen.deploy.quantize != "qat":
+        return quantize_generation(spec, gen, data, onnx_path, fp32_accuracy)
+    from kdchain.qat import qat_generation
+
+    int8 = qat_generation(spec, gen, student, teacher, data, Path(onnx_path).with_suffix(".int8.onnx"),
+                          fp32_accuracy)
+    int8.metrics["size_bytes_onnx"] = float(Path(onnx_path).stat().st_size)
+    return int8
+
+
 def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_path: Path,
                         fp32_accuracy: float) -> Int8Result | None:
-    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without."""
+    """The int8 ONNX beside the fp32 one (`deploy.quantize`), scored on the test split and timed; None without.
+    qat needs training: here (kdchain export, a promotion's scores) it is static quantization with its settings."""
     deploy = gen.deploy
     if not deploy.quantized:
         return None
+    if deploy.quantize == "qat":
+        deploy = deploy.model_copy(update={"quantize": "static"})
     calibration = None
     if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
         sample = torch.Generator().manual_seed(spec.seed)

@@ -88,7 +88,7 @@ def int8_generation(fp32: Path, deploy, calibration: np.ndarray | None, test: Ba
         fallback = bounded_quantize(fp32, path, deploy, calibration, val, onnx_accuracy(fp32, val, threads))
     else:
         quantize_onnx(fp32, path, deploy.quantize, calibration, deploy.quant_format, deploy.first_conv)
-    metrics = _scores(path, test, input_shape, threads)
+    metrics = score_int8(path, test, input_shape, threads)
     metrics["size_bytes_onnx"] = float(Path(fp32).stat().st_size)
     metrics["accuracy_drop_int8"] = drop = (fp32_accuracy - metrics["test_accuracy_int8"]) * 100
     metrics["int8_over_max_drop"] = float(drop > deploy.max_drop)
@@ -97,13 +97,13 @@ def int8_generation(fp32: Path, deploy, calibration: np.ndarray | None, test: Ba
         metrics.update(val_accuracy_int8_ptq=fallback.val_accuracy_ptq, val_accuracy_int8=fallback.val_accuracy,
                        int8_float_nodes=float(len(nodes)))
     if nodes:  # what keeping them float bought and cost: the plain int8 file scored the same way
-        metrics.update({f"{k}_ptq": v for k, v in _scores(fallback.plain, test, input_shape, threads).items()})
+        metrics.update({f"{k}_ptq": v for k, v in score_int8(fallback.plain, test, input_shape, threads).items()})
     if fallback and fallback.plain:
         fallback.plain.unlink(missing_ok=True)
     return Int8Result(path, metrics, float_ops(path), drop > deploy.max_drop, nodes)
 
 
-def _scores(path: Path, test: Batches, input_shape: tuple[int, ...], threads: int) -> dict[str, float]:
+def score_int8(path: Path, test: Batches, input_shape: tuple[int, ...], threads: int) -> dict[str, float]:
     latency, throughput = onnx_speed(path, input_shape, threads)
     return {"test_accuracy_int8": onnx_accuracy(path, test, threads), "latency_ms_int8": latency,
             "throughput_ips_int8": throughput, "size_bytes_int8": float(path.stat().st_size)}

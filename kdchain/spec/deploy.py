@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from kdchain.spec.base import Strict
 
@@ -10,10 +10,12 @@ from kdchain.spec.base import Strict
 class DeploySpec(Strict):
     """`deploy: {quantize: static}` on the chain (every generation) or on one generation (overrides the chain's)."""
 
-    quantize: Literal["none", "dynamic", "static"] = Field(
+    quantize: Literal["none", "dynamic", "static", "qat"] = Field(
         "none", description="none: fp32 ONNX only; static: ONNX Runtime int8 (per-channel weights) calibrated on "
                             "training images; dynamic: int8 weights, activations quantized at run time "
-                            "(for models without convolutions)")
+                            "(for models without convolutions); qat: the trained generation fine-tuned for "
+                            "qat_epochs with fake quantization (its own loss against its teacher's fp32 "
+                            "outputs), shipped as the QDQ int8 model it trained as")
     quant_format: Literal["qoperator", "qdq"] = Field(
         "qoperator", description="static: qoperator writes ONNX Runtime's integer operators (QLinearConv, QGemm: "
                                  "one node each, the smallest file); qdq keeps float operators between "
@@ -33,6 +35,19 @@ class DeploySpec(Strict):
     max_float_nodes: int = Field(4, ge=0, description="operators (Conv, Gemm, MatMul) the int8 model may keep in "
                                                       "float32 to stay within max_drop, most sensitive first; "
                                                       "0: plain int8, only flagged")
+
+    qat_epochs: int = Field(2, ge=1, description="qat: epochs of quantization-aware fine-tuning after training")
+    qat_lr: float | None = Field(None, gt=0.0, description="qat: peak learning rate of the fine-tuning; default a "
+                                                           "tenth of the generation's train.lr")
+
+    @model_serializer(mode="wrap")
+    def _qat_left_out(self, handler):
+        # the qat settings are dumped only with quantize: qat, so that the keys of other generations stay as they were
+        data = handler(self)
+        if isinstance(data, dict) and self.quantize != "qat":
+            data.pop("qat_epochs", None)
+            data.pop("qat_lr", None)
+        return data
 
     @property
     def quantized(self) -> bool:
