@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"kdchain: training diverged: {e}", 1)
         from kdchain.distill import RankFailed
         from kdchain.models.prune import PlanMismatch
+        from kdchain.qat import QatMismatch
         from kdchain.search import BudgetBroken
 
-        if isinstance(e, (RankFailed, BudgetBroken, PlanMismatch)):  # not the config's fault
+        if isinstance(e, (RankFailed, BudgetBroken, PlanMismatch, QatMismatch)):  # not the config's fault
             return fail(f"kdchain: {e}", 1)
         known = resource_error(e, "the model") or as_store_error(e, resolve_uri(getattr(args, "tracking_uri", None)))
         if known is not None:

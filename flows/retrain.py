@@ -43,13 +43,20 @@ class RetrainResult(BaseModel):
 def score_candidates(spec: ChainSpec, uri: str, name: str, version: str, run_id: str,
                      checkpoint: str) -> tuple[Candidate, Candidate | None]:
     """The newcomer and the current champion, scored side by side on the same current test split and machine."""
-    new = Candidate(version, run_id, score_checkpoint(spec, Path(checkpoint)))
+    new = Candidate(version, run_id, _scores(spec, uri, Path(checkpoint), run_id))
     held = tracking.alias_version(uri, name, tracking.CHAMPION)
     if held is None:
         return new, None
     held_version, held_run = held
     path = tracking.fetch_checkpoint(f"models:/{name}/{held_version}", uri, Path(spec.workdir) / "sources")
-    return new, Candidate(held_version, held_run, score_checkpoint(spec, path))
+    return new, Candidate(held_version, held_run, _scores(spec, uri, path, held_run))
+
+
+def _scores(spec: ChainSpec, uri: str, checkpoint: Path, run_id: str) -> dict[str, float]:
+    """kdchain.scoring's figures of a generation; a rule on int8 figures scores the int8 file its run shipped."""
+    shipped = tracking.shipped_int8(uri, run_id, Path(spec.workdir) / "sources") if spec.promotion.needs_int8 \
+        else None
+    return score_checkpoint(spec, checkpoint, shipped)
 
 
 @task(name="apply-decision")
@@ -145,7 +152,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     version = chain.registered.rsplit("/", 1)[1]
 
     family = tracking.champion_family(uri, name)  # read before any alias moves
-    new, champion = score_candidates(spec, uri, name, version, final.run_id, final.checkpoint)
+    new, champion = score_candidates(spec, uri, name, version, final.reused_from or final.run_id, final.checkpoint)
     decision = decide(new, champion, spec.promotion)
     earlier = score_family(spec, uri, version, chain.generations[:-1], family)
     decision, champion_after = apply_decision(spec, uri, name, new, champion, decision)
@@ -156,7 +163,7 @@ def retrain(config: ChainSpec | str, overrides: list[str] = [], tracking_uri: st
     tags |= {tracking.CONFIG_DIGEST: chain_digest(given), "kdchain.retrain.mode": "warm" if warm else "full"}
     markdown = "\n".join([decision_markdown(name, new, champion, decision, spec.promotion, champion_after),
                           family_markdown(decisions, spec.promotion)])
-    _record(spec, uri, name, version, chain.chain_run_id, tags, markdown, decisions)
+    _record(spec, uri, name, version, chain, tags, markdown, decisions)
     logger.info("%s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
     return RetrainResult(chain_run_id=chain.chain_run_id, model_name=name, new_version=version,
                          outcome=decision.outcome, reason=decision.reason,
@@ -173,22 +180,26 @@ def score_family(spec: ChainSpec, uri: str, version: str, generations: list[Gene
     side on the same current test split and judged by the same rule."""
     out = []
     for g in generations:
-        new = Candidate(version, g.reused_from or g.run_id, score_checkpoint(spec, Path(g.checkpoint)))
+        run_id = g.reused_from or g.run_id
+        new = Candidate(version, run_id, _scores(spec, uri, Path(g.checkpoint), run_id))
         old = None
         if g.name in family:
             path = tracking.fetch_checkpoint(family[g.name], uri, Path(spec.workdir) / "sources")
-            old = Candidate("champion", family[g.name].removeprefix("runs:/"), score_checkpoint(spec, path))
+            old_run = family[g.name].removeprefix("runs:/")
+            old = Candidate("champion", old_run, _scores(spec, uri, path, old_run))
         out.append(generation_decision(g.name, new, old, spec.promotion))
     return out
 
 
-def _record(spec: ChainSpec, uri: str, name: str, version: str, chain_run_id: str, tags: dict[str, str],
+def _record(spec: ChainSpec, uri: str, name: str, version: str, chain: ChainResult, tags: dict[str, str],
             markdown: str, decisions: list[GenerationDecision]) -> None:
-    """The decision on the chain run, the model version and in Prefect; each generation's verdict on its run."""
-    tracking.record_decision(uri, chain_run_id, name, version, tags, markdown)
+    """The decision on the chain run, the model version and in Prefect; each generation's verdict on its run in
+    this chain run (a reused generation's too: `kdchain compare` reads this chain run's)."""
+    tracking.record_decision(uri, chain.chain_run_id, name, version, tags, markdown)
     tracker = tracking.Tracker(uri, spec.experiment_name())
+    runs = {g.name: g.run_id for g in chain.generations}
     for d in decisions:
         if d.old is not None or d is decisions[-1]:
-            tracker.tag_run(d.new.run_id, {tracking.VS_CHAMPION: vs_champion(d, spec.promotion.metric)[:5000]})
+            tracker.tag_run(runs[d.name], {tracking.VS_CHAMPION: vs_champion(d, spec.promotion.metric)[:5000]})
     create_markdown_artifact(markdown=markdown, key=f"{_slug(name)}-promotion",
                              description=f"Promotion decision for {name} version {version}: {decisions[-1].decision.outcome}")

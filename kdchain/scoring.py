@@ -32,10 +32,11 @@ def test_metrics(student: nn.Module, teacher, data, device) -> tuple[dict, list[
     return metrics, confusion
 
 
-def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
+def score_checkpoint(spec: ChainSpec, path: Path, int8_file: Path | None = None) -> dict[str, float]:
     """test_accuracy on the data's current test split, plus params/flops/latency_ms/size_bytes: the numbers a
-    promotion compares; and the int8 model's when the promotion rule reads them. Two models scored by this in the
-    same process are scored on the same split."""
+    promotion compares; and the int8 model's when the promotion rule reads them: `int8_file`, the int8 ONNX file
+    its run shipped (a QAT or bounded model: what serves), else the model quantized now as the spec says. Two
+    models scored by this in the same process are scored on the same split."""
     model = load_compatible(spec, path)
     data = load_data(spec.data, spec.seed)
     with torch.inference_mode():
@@ -43,7 +44,7 @@ def score_checkpoint(spec: ChainSpec, path: Path) -> dict[str, float]:
     scores = {"test_accuracy": accuracy,
               **{k: float(v) for k, v in profile(model, data.input_shape).as_dict().items()}}
     if spec.promotion.needs_int8:
-        from kdchain.shipping import int8_scores
+        from kdchain.shipping import file_int8_scores, int8_scores
 
-        scores.update(int8_scores(spec, model, data, accuracy))
+        scores.update(file_int8_scores(int8_file, data) if int8_file else int8_scores(spec, model, data, accuracy))
     return scores

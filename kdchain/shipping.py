@@ -10,7 +10,7 @@ from torch import nn
 
 from kdchain.data import batches
 from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
-from kdchain.measure.int8 import Int8Result, int8_generation
+from kdchain.measure.int8 import Int8Result, int8_generation, score_int8
 from kdchain.resolve import ResolvedGeneration, resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
 
@@ -73,6 +73,12 @@ def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
         tags["kdchain.int8.flag"] = (f"int8 test accuracy {int8.metrics['accuracy_drop_int8']:.2f} points below "
                                      f"fp32 (max_drop {max_drop:g})")
     return tags
+
+
+def file_int8_scores(path: Path, data) -> dict[str, float]:
+    """An int8 ONNX file as it is (the one a run shipped), scored on the test split and timed like the chain does."""
+    test = [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False)]
+    return score_int8(Path(path), test, data.input_shape, threads=1)
 
 
 def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:

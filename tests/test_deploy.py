@@ -140,6 +140,13 @@ def test_promotion_can_compare_the_shipped_int8_model(static_chain):
     scored = score_checkpoint(ruled, c_dir / "model.pt")
     assert scored["test_accuracy_int8"] == pytest.approx(gens[-1].data.metrics["test_accuracy_int8"], abs=1e-4)
     assert scored["size_bytes_int8"] == gens[-1].data.metrics["size_bytes_int8"]
+    # a retrain scores the int8 file the run shipped (a bounded or QAT model is not quantized again): the same figures
+    from kdchain.tracking import shipped_int8
+
+    shipped = shipped_int8(client.tracking_uri, gens[-1].info.run_id, tmp / "shipped")
+    from_file = score_checkpoint(ruled, c_dir / "model.pt", shipped)
+    assert from_file["test_accuracy_int8"] == pytest.approx(gens[-1].data.metrics["test_accuracy_int8"], abs=1e-4)
+    assert from_file["size_bytes_int8"] == gens[-1].data.metrics["size_bytes_int8"]
 
 
 def test_dynamic_keeps_convs_in_float_and_says_so(tmp_path):

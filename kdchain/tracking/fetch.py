@@ -104,3 +104,20 @@ def run_checkpoint(client: MlflowClient, uri: str, run_id: str, dest: str) -> st
     location = client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location.rstrip("/")
     return mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/data/model.pth", dst_path=dest,
                                                tracking_uri=uri)
+
+
+def shipped_int8(uri: str, run_ref: str, dest: Path) -> Path | None:
+    """The int8 ONNX file a generation run shipped (onnx/model.int8.onnx: PTQ, bounded or QAT), downloaded under
+    `dest` once; None when the run logged none. `run_ref`: a run id or runs:/<id>."""
+    run_id = run_ref.removeprefix("runs:/").split("/")[0]
+    target = Path(dest) / f"int8-{run_id}" / "model.int8.onnx"
+    if target.is_file():
+        return target
+    client = MlflowClient(uri)
+    if "onnx/model.int8.onnx" not in {f.path for f in client.list_artifacts(run_id, "onnx")}:
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none
+        os.replace(client.download_artifacts(run_id, "onnx/model.int8.onnx", tmp), target)
+    return target
