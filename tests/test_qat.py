@@ -85,3 +85,26 @@ def test_validate_refuses_an_unexportable_qat_generation_before_training(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "teacher.deploy.quantize" in err[0] and "col2im" in err[0], err
     assert not Path(cfg["workdir"]).exists()  # nothing trained
+
+
+@pytest.mark.slow  # a chain with QAT per generation and an export: 40-90 s on 2 cores
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_qat_chain_ships_its_qat_files_through_run_and_export(tmp_path, capsys):
+    import json
+
+    from mlflow import MlflowClient
+
+    cfg = tiny_chain(tmp_path, name="qatchain", epochs=2, deploy={"quantize": "qat", "qat_epochs": 1})
+    cfg["generations"] = cfg["generations"][:1]  # teacher -> A
+    assert main(["run", str(write_config(tmp_path, cfg))]) == 0
+    client = MlflowClient(cfg["tracking"]["uri"])
+    experiment = client.get_experiment_by_name("qatchain").experiment_id
+    runs = client.search_runs([experiment], "tags.`kdchain.generation_name` = 'A'")
+    m = runs[0].data.metrics
+    assert abs(m["test_accuracy_int8"] - m["test_accuracy_int8_qat_torch"]) * 100 <= MAX_DISAGREEMENT
+    assert m["test_accuracy_int8"] > 0.3 and m["qat_seconds"] > 0
+    capsys.readouterr()
+    assert main(["export", "--tracking-uri", cfg["tracking"]["uri"], "--out", str(tmp_path / "family")]) == 0
+    manifest = json.loads((tmp_path / "family" / "manifest.json").read_text())
+    assert [g["int8"]["method"] for g in manifest["generations"]] == ["qat", "qat"]
+    assert manifest["generations"][1]["int8"]["test_accuracy"] == pytest.approx(m["test_accuracy_int8"], abs=1e-4)
