@@ -70,7 +70,7 @@ def qat_generation(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module,
     test = [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False)]
     metrics = score_int8(path, test, data.input_shape, threads=1)
     gap, allowed = abs(metrics["test_accuracy_int8"] - torch_accuracy) * 100, allowed_disagreement(len(data.test))
-    if gap > allowed + 1e-9:
+    if gap > allowed + 0.01:  # float32 accuracies: one image is 0.2778 points, not 0.27777...
         Path(path).unlink(missing_ok=True)
         raise QatMismatch(f"generation {gen.name}: its QAT int8 model scores {metrics['test_accuracy_int8']:.2%} "
                           f"on ONNX Runtime and {torch_accuracy:.2%} as fake-quantized in torch, {gap:.2f} points "
