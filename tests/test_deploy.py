@@ -179,6 +179,7 @@ def _timm_weights(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # 12 s: timm models train in make test-all (tests/test_architectures.py too)
 @pytest.mark.usefixtures("prefect_harness")
 def test_timm_teacher_distils_into_a_cnn_through_a_named_timm_node(tmp_path):
     weights = _timm_weights(tmp_path / "resnet18.safetensors")

@@ -15,10 +15,10 @@ def test_a_retrain_trains_nothing_on_the_champions_data_and_warm_on_new_data(tmp
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    cfg = tiny_chain(tmp_path, name="steady", epochs=4, retrain={"mode": "warm", "epochs_share": 0.25})
+    cfg = tiny_chain(tmp_path, name="steady", epochs=4, retrain={"epochs_share": 0.25})
     cfg["generations"] = [{"name": "A", "student": {"prune": {"width": 0.5}}, "train": {"epochs": 4}}]
     config = write_config(tmp_path, cfg)
-    assert main(["retrain", str(config)]) == 0  # no champion yet: trains in full, and A becomes champion
+    assert main(["retrain", str(config), "--warm"]) == 0  # no champion yet: trains in full; A becomes champion
     out = capsys.readouterr().out
     assert "promoted" in out and "warm retrain not possible: no champion family" in out
     client = MlflowClient(cfg["tracking"]["uri"])
@@ -26,7 +26,7 @@ def test_a_retrain_trains_nothing_on_the_champions_data_and_warm_on_new_data(tmp
     chains = lambda: client.search_runs([experiment], "tags.`kdchain.kind` = 'chain'")  # noqa: E731
     assert len(chains()) == 1
 
-    assert main(["retrain", str(config)]) == 0  # same data, same config: nothing trained, one line
+    assert main(["retrain", str(config), "--warm"]) == 0  # same data, same config: nothing trained, one line
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("steady-student: nothing to do: the data and the config are those champion version 1")
     assert len(chains()) == 1 and str(client.get_model_version_by_alias("steady-student", "champion").version) == "1"
@@ -45,7 +45,7 @@ def _warm_on_new_data(tmp_path, cfg: dict, client: MlflowClient, experiment: str
     cfg["data"]["split"] = {"val": 0.2, "test": 0.15}
     # a learning rate too small to learn anything in one epoch: what the warm models know, they started with
     tiny_lr = ["--set", "teacher.train.lr=1e-8", "--set", "generations.A.train.lr=1e-8"]
-    assert main(["retrain", str(write_config(tmp_path, cfg)), *tiny_lr]) == 0
+    assert main(["retrain", str(write_config(tmp_path, cfg)), "--warm", *tiny_lr]) == 0
     out = capsys.readouterr().out
     assert "nothing to do" not in out and "warm retrain not possible" not in out
     chain = client.search_runs([experiment], "tags.`kdchain.kind` = 'chain'", order_by=["start_time DESC"])[0]

@@ -44,6 +44,7 @@ def test_inspect_lists_the_plans_that_meet_the_target_from_the_trained_teacher(t
     assert "plans meet params <= 2,000" in after["summary"] and "initial weights" not in after["summary"]
 
 
+@pytest.mark.slow  # 16 s: make test keeps the sizing checks of validate and inspect; the trained size runs here
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_target_sized_generation_trains_within_it_and_logs_its_candidates(tmp_path, capsys):
     path = write_config(tmp_path, sized_chain(tmp_path))
