@@ -16,13 +16,13 @@ from pathlib import Path
 
 from torch import nn
 
-from kdchain.data import batches
 from kdchain.distill import evaluate, fit
 from kdchain.measure.export import label_onnx
 from kdchain.measure.int8 import Int8Result, score_int8
 from kdchain.measure.qat import export_qdq, prepare_qat
 from kdchain.measure.quantize import compact_graph, float_ops
 from kdchain.resolve import ResolvedGeneration
+from kdchain.shipping import numpy_batches
 from kdchain.spec import ChainSpec
 from kdchain.spec.kinds import LOSSES
 from kdchain.students import build_loss
@@ -67,8 +67,7 @@ def qat_generation(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module,
     if getattr(student, "class_names", None):
         label_onnx(path, student.class_names)
     seconds = time.perf_counter() - t0
-    test = [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False)]
-    metrics = score_int8(path, test, data.input_shape, threads=1)
+    metrics = score_int8(path, numpy_batches(data.test), data.input_shape, threads=1)
     gap, allowed = abs(metrics["test_accuracy_int8"] - torch_accuracy) * 100, allowed_disagreement(len(data.test))
     if gap > allowed + 0.01:  # float32 accuracies: one image is 0.2778 points, not 0.27777...
         Path(path).unlink(missing_ok=True)

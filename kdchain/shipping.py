@@ -60,8 +60,7 @@ def quantize_generation(spec: ChainSpec, gen: ResolvedGeneration, data, onnx_pat
     if deploy.quantize == "static":  # a seeded sample of the training split, normalised as the model sees it
         sample = torch.Generator().manual_seed(spec.seed)
         calibration = next(batches(data.train, deploy.calibration_images, sample))[0].cpu().numpy()
-    test, val = ([(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(split, 256, shuffle=False)]
-                 for split in (data.test, data.val))
+    test, val = numpy_batches(data.test), numpy_batches(data.val)
     return int8_generation(onnx_path, deploy, calibration, test, data.input_shape, fp32_accuracy, val)
 
 
@@ -77,8 +76,12 @@ def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
 
 def file_int8_scores(path: Path, data) -> dict[str, float]:
     """An int8 ONNX file as it is (the one a run shipped), scored on the test split and timed like the chain does."""
-    test = [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(data.test, 256, shuffle=False)]
-    return score_int8(Path(path), test, data.input_shape, threads=1)
+    return score_int8(Path(path), numpy_batches(data.test), data.input_shape, threads=1)
+
+
+def numpy_batches(split) -> list:
+    """A split as ONNX Runtime scores it: (images, labels) numpy batches of 256, in order."""
+    return [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(split, 256, shuffle=False)]
 
 
 def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:

@@ -62,13 +62,10 @@ def fetch_checkpoint(source: str, uri: str, cache_dir: Path) -> Path:
     if target.is_file():
         return target
     _store_holds_models(source, uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar on stderr: one line or none
     client = MlflowClient(uri)
     try:
         run_id = _source_run(client, source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none: retrains may race here
-            os.replace(run_checkpoint(client, uri, run_id, tmp), target)
+        _download_once(target, lambda tmp: run_checkpoint(client, uri, run_id, tmp))
     except mlflow.exceptions.MlflowException as e:
         raise CheckpointSourceError(f"teacher.from: {source}: cannot fetch its kdchain checkpoint from {uri} "
                                     f"({str(e).splitlines()[0][:200]}); only models that kdchain logged can be "
@@ -116,8 +113,14 @@ def shipped_int8(uri: str, run_ref: str, dest: Path) -> Path | None:
     client = MlflowClient(uri)
     if "onnx/model.int8.onnx" not in {f.path for f in client.list_artifacts(run_id, "onnx")}:
         return None
+    return _download_once(target, lambda tmp: client.download_artifacts(run_id, "onnx/model.int8.onnx", tmp))
+
+
+def _download_once(target: Path, download) -> Path:
+    """`download(folder)` (-> the file's path) into a temporary folder beside `target`, then moved there: the whole
+    file or none (retrains may race here); no progress bar on stderr (one line or none)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # whole file or none
-        os.replace(client.download_artifacts(run_id, "onnx/model.int8.onnx", tmp), target)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        os.replace(download(tmp), target)
     return target
