@@ -18,11 +18,10 @@ from torch import nn
 
 from kdchain.distill import evaluate, fit
 from kdchain.measure.export import label_onnx
-from kdchain.measure.int8 import Int8Result, score_int8
+from kdchain.measure.int8 import Int8Result, numpy_batches, score_int8
 from kdchain.measure.qat import export_qdq, prepare_qat
 from kdchain.measure.quantize import compact_graph, float_ops
 from kdchain.resolve import ResolvedGeneration
-from kdchain.shipping import numpy_batches
 from kdchain.spec import ChainSpec
 from kdchain.spec.kinds import LOSSES
 from kdchain.students import build_loss

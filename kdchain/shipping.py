@@ -10,7 +10,7 @@ from torch import nn
 
 from kdchain.data import batches
 from kdchain.measure.export import ExportMismatch, export_and_measure, export_onnx, label_onnx
-from kdchain.measure.int8 import Int8Result, int8_generation, score_int8
+from kdchain.measure.int8 import Int8Result, int8_generation, numpy_batches, score_int8
 from kdchain.resolve import ResolvedGeneration, resolve_chain
 from kdchain.spec import ChainSpec, DeploySpec
 
@@ -77,11 +77,6 @@ def int8_tags(int8: Int8Result, max_drop: float) -> dict[str, str]:
 def file_int8_scores(path: Path, data) -> dict[str, float]:
     """An int8 ONNX file as it is (the one a run shipped), scored on the test split and timed like the chain does."""
     return score_int8(Path(path), numpy_batches(data.test), data.input_shape, threads=1)
-
-
-def numpy_batches(split) -> list:
-    """A split as ONNX Runtime scores it: (images, labels) numpy batches of 256, in order."""
-    return [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(split, 256, shuffle=False)]
 
 
 def int8_scores(spec: ChainSpec, model: nn.Module, data, fp32_accuracy: float) -> dict[str, float]:

@@ -107,3 +107,10 @@ def score_int8(path: Path, test: Batches, input_shape: tuple[int, ...], threads:
     latency, throughput = onnx_speed(path, input_shape, threads)
     return {"test_accuracy_int8": onnx_accuracy(path, test, threads), "latency_ms_int8": latency,
             "throughput_ips_int8": throughput, "size_bytes_int8": float(path.stat().st_size)}
+
+
+def numpy_batches(split) -> Batches:
+    """A split as ONNX Runtime scores it: (images, labels) numpy batches of 256, in order."""
+    from kdchain.data import batches
+
+    return [(x.cpu().numpy(), y.cpu().numpy()) for x, y in batches(split, 256, shuffle=False)]
