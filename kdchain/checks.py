@@ -169,7 +169,7 @@ def deploy_problems(spec: ChainSpec, source: str = "config") -> list[str]:
                 problems.append(f"{where}: {describe(g.arch)} cannot be exported to ONNX ({first[:200]}); set "
                                 "deploy: {quantize: none} for it or choose another model")
                 continue
-        why = qat_problem(model, input_shape) if g.deploy.quantize == "qat" else ""
+        why = qat_problem(model, input_shape, g.deploy.first_conv) if g.deploy.quantize == "qat" else ""
         if why:
             problems.append(f"{where}: qat: generation {g.name} ({describe(g.arch)}) cannot be quantization-aware "
                             f"trained and shipped: {why}; set deploy: {{quantize: static}} for it")

@@ -52,7 +52,7 @@ def qat_generation(spec: ChainSpec, gen: ResolvedGeneration, student: nn.Module,
     MAX_DISAGREEMENT points between the two."""
     deploy = gen.deploy
     t0 = time.perf_counter()
-    prepared = prepare_qat(student, data.input_shape)
+    prepared = prepare_qat(student, data.input_shape, deploy.first_conv)
     qat_gen = replace(gen, distill=qat_loss_terms(gen))
     loss = build_loss(qat_gen, prepared, teacher if qat_gen.index > 0 else None, data.input_shape)
     train = gen.train.model_copy(update={"epochs": deploy.qat_epochs, "lr": deploy.qat_lr or gen.train.lr / 10,

@@ -46,9 +46,13 @@ def test_qat_int8_on_onnxruntime_scores_what_its_fake_quantized_model_scores(tmp
     assert m["size_bytes_int8"] == result.path.stat().st_size and m["qat_seconds"] > 0
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    nodes = onnx.load(str(result.path)).graph.node
+    ops = {n.op_type for n in nodes}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # QDQ: ONNX Runtime fuses it into QLinearConv
     assert "BatchNormalization" not in ops  # folded into the convolutions, as ONNX Runtime folds it
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert convs[0].input[0] == "x" and convs[1].input[0] != "x"  # deploy.first_conv: float, as PTQ keeps it
+    assert result.float_ops["Conv"] == 1  # the first; the others run as QLinearConv
 
 
 def test_qat_settings_stay_out_of_other_generations_keys():

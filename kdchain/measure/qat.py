@@ -77,13 +77,30 @@ def _program(model: nn.Module, input_shape: tuple[int, ...]):
     return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
-def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+def first_conv_name(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """The module name of the convolution that reads the image (1-3 channels at full resolution), if any."""
+    x, found = torch.zeros(1, *input_shape), []
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: found.append(name) if args[0] is x else None)
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[0] if found else None
+
+
+def prepare_qat(model: nn.Module, input_shape: tuple[int, ...], first_conv: str = "float") -> nn.Module:
     """A fake-quantized copy of `model` (CPU, BatchNorm folded) that trains like a module: train() observes the
-    ranges, eval() freezes them. Raises QatError naming the step that failed."""
+    ranges, eval() freezes them. `first_conv: float` keeps the convolution that reads the image in float32, as
+    PTQ does (DeploySpec.first_conv). Raises QatError naming the step that failed."""
     step = "torch.export"
     try:
         with _quiet():
-            graph = _program(copy.deepcopy(model).cpu().eval(), input_shape).module()
+            model = copy.deepcopy(model).cpu().eval()
+            float_conv = first_conv_name(model, input_shape) if first_conv == "float" else None
+            graph = _program(model, input_shape).module()
             step = "fake quantization (torchao)"
             from torchao.quantization.pt2e.quantize_pt2e import (
                 prepare_qat_pt2e,  # after a capture that works
@@ -94,7 +111,10 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
             from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
             _fuse_conv_bn_(graph)  # BatchNorm into the conv's weights and bias, as ONNX Runtime does
-            prepared = prepare_qat_pt2e(graph, X86InductorQuantizer().set_global(_config()))
+            quantizer = X86InductorQuantizer().set_global(_config())
+            if float_conv:  # its conv (BatchNorm folded in) stays float32; its output is quantized for the next
+                quantizer.set_module_name_qconfig(float_conv, None)
+            prepared = prepare_qat_pt2e(graph, quantizer)
     except Exception as e:  # noqa: BLE001 -- the library's own words, one line
         raise QatError(f"{step} failed ({type(e).__name__}: {_first_line(e)})") from None
 
@@ -138,7 +158,7 @@ def export_qdq(prepared: nn.Module, input_shape: tuple[int, ...], path: Path) ->
     return path
 
 
-def qat_problem(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+def qat_problem(model: nn.Module, input_shape: tuple[int, ...], first_conv: str = "float") -> str:
     """Why `model` cannot be trained and shipped with QAT (prepared, one forward, converted, exported to ONNX and
     run by ONNX Runtime on one image), or "" when it can. Costs a few seconds: the ONNX export is the most."""
     import tempfile
@@ -148,7 +168,7 @@ def qat_problem(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     from kdchain.measure.export import ort_session
 
     try:
-        prepared = prepare_qat(model, input_shape)
+        prepared = prepare_qat(model, input_shape, first_conv)
         with torch.no_grad():
             prepared(torch.zeros(2, *input_shape))
         with tempfile.TemporaryDirectory() as tmp:

@@ -202,5 +202,6 @@ def onnx_speed(path: Path, input_shape: tuple[int, ...], threads: int = 1, runs:
     x1 = rng.standard_normal((1, *input_shape), dtype=np.float32)
     x64 = rng.standard_normal((64, *input_shape), dtype=np.float32)
     t1 = median_seconds(lambda: session.run(["logits"], {"x": x1}), runs, warmup)
-    t64 = median_seconds(lambda: session.run(["logits"], {"x": x64}), max(5, runs // 5), max(2, warmup // 5))
+    # batch 64: 15 timed runs at least (6 left a seed's int8/fp32 ratio at 0.9x or 1.5x for the same model)
+    t64 = median_seconds(lambda: session.run(["logits"], {"x": x64}), max(15, runs // 2), max(3, warmup // 2))
     return t1 * 1000, 64 / t64

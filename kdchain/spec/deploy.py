@@ -22,9 +22,9 @@ class DeploySpec(Strict):
                                  "QuantizeLinear/DequantizeLinear pairs (portable to other runtimes, which fuse "
                                  "them; 3x the nodes: the digits C's file is 0.40 of fp32 instead of 0.33)")
     first_conv: Literal["float", "int8"] = Field(
-        "float", description="static: float keeps the first convolution (1-3 input channels at full resolution) "
-                             "in float32, where ONNX Runtime's int8 kernels are slower than its float ones "
-                             "(the digits C's batch-64 throughput: 1.1x fp32 with it float, 0.5x in int8)")
+        "float", description="static and qat: float keeps the first convolution (1-3 input channels at full "
+                             "resolution) in float32, where ONNX Runtime's int8 kernels are slower than its float "
+                             "ones (the digits C's batch-64 throughput: 1.1x fp32 with it float, 0.5x in int8)")
     calibration_images: int = Field(512, ge=1, description="static: training images (a seeded sample) that "
                                                            "calibrate the activation ranges")
     format: Literal["onnx"] = Field("onnx", description="the file format shipped (ONNX, opset 17)")
