@@ -1,9 +1,10 @@
 """A pruned student sized by what it must fit (`student: {prune: {target: {params: N}}}`, or flops, or latency_ms)
 instead of by width and depth, as Model Optimizer sizes a pruned model by its FLOPs or parameters:
 
-1. plans: for each depth (every removable block kept, 3/4, 1/2, 1/4), the widest width whose plan, made from the
-   trained teacher's weights exactly as training makes it, meets the target (a bisection on width; the channel
-   counts of a width prune grow with the width). Measured on the pruned model itself: params, FLOPs, latency.
+1. plans: for each depth (every removable block kept, 3/4, 1/2, 1/4), and at full depth also per-stage widths
+   narrower late or narrower early (`prune.stage_widths`), the widest plan, made from
+   the trained teacher's weights exactly as training makes it, that meets the target (a bisection on the width's
+   scale; channel counts grow with it). Measured on the pruned model itself: params, FLOPs, latency.
 2. probe: the `candidates` largest plans are each distilled from the teacher for `probe_steps` batches; the one
    with the best validation accuracy is the generation's student (its record followed: no planning again).
 
@@ -37,7 +38,9 @@ class Plan:
     chosen: bool = False
 
     def as_row(self) -> dict:
-        return {"plan": describe(self.arch), "width": round(self.arch.prune.width, 4),
+        widths = self.arch.prune.stage_widths
+        return {"plan": describe(self.arch), "width": round(self.arch.prune.mean_width(), 4),
+                "stage_widths": "/".join(f"{w:.3f}" for w in widths) if widths else "",
                 "depth": self.arch.prune.depth, **self.cost, "probe_val_accuracy": self.probe_accuracy,
                 "chosen": self.chosen}
 
@@ -68,36 +71,61 @@ def int8_latency_ms(model: nn.Module, input_shape: tuple, deploy: DeploySpec) ->
         return onnx_speed(int8, input_shape, runs=15, warmup=3)[0]
 
 
+def stage_shapes(n: int) -> list[list[float] | None]:
+    """The width profiles a plan scales: uniform (None), and over n >= 2 stages narrower late (1 down to 1/2 of the
+    scale: the deep, wide stages hold most parameters) and narrower early (1/2 up to 1: the early stages, at full
+    resolution, most FLOPs and latency)."""
+    if n < 2:
+        return [None]
+    ramp = [i / (n - 1) for i in range(n)]
+    return [None, [1 - r / 2 for r in ramp], [0.5 + r / 2 for r in ramp]]
+
+
+def _widths(shape: list[float] | None, scale: float) -> dict:
+    if shape is None:
+        return {"width": scale, "stage_widths": None}
+    return {"width": 1.0, "stage_widths": [min(1.0, max(scale * f, 1 / 512)) for f in shape]}
+
+
+def _widest_meeting(plan_at, measure: str, limit: float) -> "Plan | None":
+    """The plan at the largest scale in (0, 1] that meets the limit (a bisection: sizes grow with the scale)."""
+    best = plan_at(1.0)
+    if best is None or best.cost[measure] <= limit:
+        return best
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        plan = plan_at(mid)
+        if plan is not None and plan.cost[measure] <= limit:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    return best
+
+
 def plans_meeting(prune_fn, arch: PrunedArch, input_shape: tuple, deploy: DeploySpec | None = None) -> list[Plan]:
-    """Per depth, the widest plan that meets `arch.prune.target`, largest first. `prune_fn(arch)` -> (student,
-    concrete arch): the teacher pruned as `arch` says (kdchain.students.pruned_student, or on noise)."""
+    """Per depth (and at full depth per width profile: stage_shapes), the widest plan that meets `arch.prune.target`, largest first. `prune_fn(arch)` -> (student, concrete arch): the teacher pruned as
+    `arch` says (kdchain.students.pruned_student, or on noise)."""
+    from kdchain.models.prune import ignored_layers, stages
+
     target = arch.prune.target
     measure, limit = target.measure(), target.limit()
+    whole = prune_fn(arch.model_copy(update={"prune": arch.prune.model_copy(update={"width": 1.0, "depth": 1.0})}))[0]
+    n_stages = len(stages(whole, torch.zeros(1, *input_shape), ignored_layers(whole)))
     plans = []
     for depth in DEPTHS:
-        def plan_at(width: float) -> Plan | None:
-            try:
-                student, concrete = prune_fn(arch.model_copy(update={"prune": arch.prune.model_copy(
-                    update={"width": width, "depth": depth, "round_to": 1})}))
-            except SpecError:  # no removable block: only depth 1.0 exists
-                return None
-            return Plan(concrete, cost_of(student, input_shape, target, deploy))
+        for shape in stage_shapes(n_stages) if depth == 1.0 else [None]:  # each profile costs ~10 prunes
+            def plan_at(scale: float, shape=shape, depth=depth) -> Plan | None:
+                try:
+                    student, concrete = prune_fn(arch.model_copy(update={"prune": arch.prune.model_copy(
+                        update={**_widths(shape, scale), "depth": depth, "round_to": 1})}))
+                except SpecError:  # no removable block: only depth 1.0 exists
+                    return None
+                return Plan(concrete, cost_of(student, input_shape, target, deploy))
 
-        lo, hi = 0.0, 1.0
-        best = plan_at(hi)
-        if best is None:
-            continue
-        if best.cost[measure] > limit:
-            best = None
-            for _ in range(BISECTIONS):
-                mid = (lo + hi) / 2
-                plan = plan_at(mid)
-                if plan is not None and plan.cost[measure] <= limit:
-                    lo, best = mid, plan
-                else:
-                    hi = mid
-        if best is not None and all(canonical(best) != canonical(p) for p in plans):
-            plans.append(best)
+            best = _widest_meeting(plan_at, measure, limit)
+            if best is not None and all(canonical(best) != canonical(p) for p in plans):
+                plans.append(best)
     return sorted(plans, key=lambda p: -p.cost[measure])
 
 

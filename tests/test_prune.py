@@ -19,7 +19,7 @@ from kdchain.checkpoints import load_checkpoint, save_checkpoint
 from kdchain.checks import check_chain
 from kdchain.data import load_data
 from kdchain.distill import evaluate
-from kdchain.models import build_model, count_params
+from kdchain.models import build_model, count_params, describe
 from kdchain.models.prune import prune_model
 from kdchain.models.pruned import planned
 from kdchain.resolve import resolve_chain
@@ -59,6 +59,17 @@ def test_pruned_but_untrained_keeps_output_shape_and_most_of_the_teachers_accura
     # (87.4% without the recalibration)
     assert teacher_acc > 0.95 and acc > 0.95 * teacher_acc, (teacher_acc, acc)
     assert arch.record["modules"]["stages.0.0.conv"]["out_channels"] == 29  # 32 x 0.9 = 28.8, rounded as derive rounds
+
+
+def test_stage_widths_keep_each_stages_share_and_describe_it(trained):
+    spec, teacher, _, _ = trained
+    data = load_data(spec.data, 0)
+    student, arch = prune_model(teacher, spec.teacher.model, Prune(stage_widths=[1.0, 0.25], round_to=1),
+                                training_sample(data, 0), num_classes=10, in_channels=1)
+    convs = [m.out_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [32, 32, 16, 16]  # stage 8x8 keeps its 32, stage 4x4 a quarter of its 64
+    assert describe(arch) == "cnn 32x2-64x2 pruned to stage widths 1/0.25"
+    assert student(data.test.x[:3]).shape == (3, 10)
 
 
 @pytest.mark.parametrize("prune", [Prune(width=0.5), Prune(width=0.5, depth=0.5, importance="taylor", steps=2,
@@ -130,6 +141,8 @@ def test_a_depth_prune_never_removes_a_tapped_block(tmp_path):
     ({"prune": {"importance": "taylor", "batches": 0}}, "importance taylor scores channels by gradients"),
     ({"prune": {"depth": 0.5}}, "generations.0.student.prune.depth: Cnn has no removable blocks"),
     ({"prune": {"importance": "bn_scale"}}, "generations.0.student.prune.importance: bn_scale ranks channels"),
+    ({"prune": {"stage_widths": [0.5, 0.5, 0.5]}},
+     "generations.0.student.prune.stage_widths: Cnn has 2 stages (by output size: 1/1, 1/2); give 2 widths, not 3"),
 ])
 def test_bad_prune_settings_exit_2_with_one_line(tmp_path, capsys, student, expected):
     cfg = tiny_chain(tmp_path)

@@ -12,10 +12,12 @@ from mlflow import MlflowClient
 from flows.cli import main
 from kdchain.chain import train_generation
 from kdchain.checks import inspect_chain
+from kdchain.models.families.cnn import CnnArch
+from kdchain.models.pruned import noise_plans
 from kdchain.plans import FROM_TEACHER
 from kdchain.resolve import generation_key, resolve_chain
 from kdchain.sizing import sized_arch
-from kdchain.spec import load_spec, spec_from_dict
+from kdchain.spec import Prune, PrunedArch, canonical_json, load_spec, spec_from_dict
 from kdchain.workdir import generation_folder
 from tests.conftest import tiny_chain, write_config
 
@@ -69,6 +71,18 @@ def test_a_target_sized_generation_trains_within_it_and_logs_its_candidates(tmp_
     assert chosen[0]["probe_val_accuracy"] == max(r["probe_val_accuracy"] for r in rows
                                                   if r["probe_val_accuracy"] is not None)
     assert a.data.tags["mlflow.note.content"] == chosen[0]["plan"]  # the run says the plan that trained
+
+
+def test_target_sizing_plans_per_stage_widths_each_within_the_target():
+    teacher = CnnArch(channels=[8, 16, 32], convs_per_stage=2)  # 20,778 parameters
+    arch = PrunedArch(base=teacher, prune=Prune(target={"params": 8000}, batches=1))
+    plans = noise_plans(canonical_json(arch), 10, 1, 8)
+    profiles = {tuple(p.arch.prune.stage_widths or ()) for p in plans}
+    assert len(plans) >= 3 and all(p.cost["params"] <= 8000 for p in plans)
+    narrower_late = [p for p in profiles if len(p) == 3 and p[0] > p[2]]
+    narrower_early = [p for p in profiles if len(p) == 3 and p[0] < p[2]]
+    assert () in profiles and narrower_late and narrower_early  # uniform and both per-stage profiles
+    assert all(p.cost["params"] > 0.8 * 8000 for p in plans if p.arch.prune.depth == 1.0)  # the widest that fit
 
 
 def test_a_sized_generation_that_resumes_trains_the_plan_it_chose(tmp_path):

@@ -184,20 +184,56 @@ def _unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
             if not isinstance(owners[name.rpartition(".")[0]], LAYERS)]
 
 
-def rounded_ratios(model: nn.Module, width: float, ignored: list[nn.Module]) -> dict[nn.Module, float]:
+def stages(model: nn.Module, x: torch.Tensor, ignored: list[nn.Module]) -> list[tuple[str, list[nn.Module]]]:
+    """The prunable layers (Conv2d, Linear; not `ignored`) grouped by the feature-map size of their outputs, in the
+    order the forward pass first reaches each size, as (name, layers): `1/2` for maps at half the image's height;
+    Linear layers (a transformer's blocks, a hidden classifier layer) are one stage, `tokens`."""
+    found: dict[str, list[nn.Module]] = {}
+
+    def hook(module, args, out):
+        if isinstance(out, torch.Tensor) and module not in ignored:
+            key = f"1/{x.shape[2] / out.shape[2]:g}" if isinstance(module, nn.Conv2d) else "tokens"
+            if module not in found.setdefault(key, []):
+                found[key].append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(found.items())
+
+
+def layer_widths(model: nn.Module, prune: Prune, x: torch.Tensor, ignored: list[nn.Module]) -> dict[nn.Module, float]:
+    """Per prunable layer, the share of its channels `prune` keeps: its stage's stage width, else `prune.width`."""
+    if not prune.stage_widths:
+        return {m: prune.width for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    found = stages(model, x, ignored)
+    if len(found) != len(prune.stage_widths):
+        raise SpecError([f"model.prune.stage_widths: {type(model).__name__} has {len(found)} stage"
+                         f"{'s' if len(found) > 1 else ''} (by output size: {', '.join(name for name, _ in found)}); give "
+                         f"{len(found)} width{'s' if len(found) > 1 else ''}, not {len(prune.stage_widths)}"])
+    return {m: w for (_, layers), w in zip(found, prune.stage_widths) for m in layers}
+
+
+def rounded_ratios(model: nn.Module, widths: dict[nn.Module, float], ignored: list[nn.Module]
+                   ) -> dict[nn.Module, float]:
     """Per layer, the pruning ratio that keeps round(C * width) of its C output channels, as `derive` does:
     torch-pruning keeps int(C * (1 - ratio)), the floor, which made a pruned C of the marks chain 7% smaller than
     the derived one; asking for the rounded count + 0.5 makes the floor land on it."""
     ratios = {}
-    for m in model.modules():
+    for m, width in widths.items():
         channels = getattr(m, "out_channels", None) or getattr(m, "out_features", None)
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in ignored and channels:
+        if m not in ignored and channels:
             ratios[m] = 1 - min(channels, max(1, round(channels * width)) + 0.5) / channels
     return ratios
 
 
 def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, sample: Batches) -> None:
-    """Prune every layer group of `model` to `prune.width` of its channels, in `prune.steps` steps."""
+    """Prune every layer group of `model` to `prune.width` (or its stage's width) of its channels, in
+    `prune.steps` steps."""
     if prune.importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                   for m in model.modules()):
         raise SpecError(["model.prune.importance: bn_scale ranks channels by BatchNorm scales and this model has "
@@ -205,13 +241,15 @@ def prune_width(model: nn.Module, teacher: nn.Module, prune: Prune, data: list, 
     ignored = ignored_layers(model, prune)
     attention = attention_modules(model)
     heads = prune.attention == "heads"
+    widths = layer_widths(model, prune, data[0][0][:2], ignored)
+    head_width = widths[attention[0].qkv] if attention else prune.width
     pruner = tp.pruner.BasePruner(model, data[0][0][:2], importance=IMPORTANCE[prune.importance](),
-                                  pruning_ratio=1 - prune.width, iterative_steps=prune.steps,
-                                  pruning_ratio_dict=rounded_ratios(model, prune.width, ignored),
+                                  pruning_ratio=1 - prune.mean_width(), iterative_steps=prune.steps,
+                                  pruning_ratio_dict=rounded_ratios(model, widths, ignored),
                                   ignored_layers=ignored, round_to=prune.round_to,
                                   unwrapped_parameters=_unwrapped(model),
                                   num_heads={m.qkv: m.num_heads for m in attention}, prune_num_heads=heads,
-                                  prune_head_dims=not heads, head_pruning_ratio=1 - prune.width if heads else 0.0)
+                                  prune_head_dims=not heads, head_pruning_ratio=1 - head_width if heads else 0.0)
     for step in range(prune.steps):
         if prune.importance == "taylor":  # weight x gradient of the cross-entropy on the seeded batches
             model.zero_grad()
@@ -316,7 +354,7 @@ def prune_model(teacher: nn.Module, teacher_arch, prune: Prune, sample: Batches,
     data = sample(max(prune.batches, 1))
     removed = (drop_blocks(model, prune, [x for x, _ in data], list(keep), follow and follow["removed"])
                if prune.depth < 1 else [])
-    if prune.width < 1:
+    if prune.width < 1 or prune.stage_widths:
         prune_width(model, teacher, prune, data, sample)
     recalibrate_batch_norm(model, [x for x, _ in data])
     record = make_record(teacher, model, removed)

@@ -130,11 +130,21 @@ def _levels(arch) -> tuple[object, list[Prune]]:
     return root, levels + [arch.prune]
 
 
+def _kept_share(levels: list[Prune]) -> str:
+    """The share of the root's channels kept (the product of every link's width), per stage where a link gave
+    stage widths (`0.8/0.6/0.4`)."""
+    staged = [p.stage_widths for p in levels if p.stage_widths]
+    scalar = math.prod(p.width for p in levels if not p.stage_widths)
+    if not staged or any(len(s) != len(staged[0]) for s in staged):
+        return f"width {math.prod(p.mean_width() for p in levels):.3g}"
+    return "stage widths " + "/".join(f"{scalar * math.prod(ws):.3g}" for ws in zip(*staged))
+
+
 def describe_pruned(arch: PrunedArch) -> str:
-    """`<root> pruned to width W`: W is the share of the root's channels kept (the product of every link's width),
-    then the blocks removed so far (once pruned) or the depth asked for (a plan)."""
+    """`<root> pruned to width W` (or `stage widths a/b/c`), then the blocks removed so far (once pruned) or the
+    depth asked for (a plan)."""
     root, levels = _levels(arch)
-    text = f"{describe(root)} pruned to width {math.prod(p.width for p in levels):.3g}"
+    text = f"{describe(root)} pruned to {_kept_share(levels)}"
     removed, node = 0, arch
     while node.kind == "pruned":
         removed += len((node.record or {}).get("removed", []))
@@ -150,7 +160,7 @@ def derive_pruned(arch: PrunedArch, derive: Derive):
     root, levels = _levels(arch)
     width, depth = derive.width, derive.depth
     for p in levels:
-        width, depth = width * p.width, depth * p.depth
+        width, depth = width * p.mean_width(), depth * p.depth
     return derive_arch(root, derive.model_copy(update={"width": width, "depth": depth}))
 
 

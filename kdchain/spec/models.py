@@ -2,7 +2,7 @@
 registered in kdchain.spec.kinds.FAMILIES), a student derived from its teacher, and one pruned from it. The unions
 of them (Arch, AnyArch, StudentSpec) are built in kdchain.spec.unions."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
@@ -92,6 +92,11 @@ class Prune(Strict):
 
     width: float = Field(0.5, gt=0.0, le=1.0, description="share of channels kept in every prunable layer group "
                                                           "(coupled layers stay consistent)")
+    stage_widths: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        None, min_length=1, description="share of channels kept per stage instead of one width for all: a stage is "
+                                        "the layers whose outputs have one feature-map size, in forward order (a "
+                                        "transformer's blocks are one stage); a count that does not match the "
+                                        "teacher's stages is refused, naming them")
     depth: float = Field(1.0, gt=0.0, le=1.0, description="share of removable blocks kept; the blocks whose removal "
                                                           "changes their output least go first (1 - cos(in, out))")
     importance: Literal["l2", "taylor", "bn_scale", "random"] = Field(
@@ -122,10 +127,16 @@ class Prune(Strict):
                 data.pop("attention", None)
             if not self.embed:
                 data.pop("embed", None)
+            if self.stage_widths is None:
+                data.pop("stage_widths", None)
             if self.target is None:
                 for key in ("target", "candidates", "probe_steps"):
                     data.pop(key, None)
         return data
+
+    def mean_width(self) -> float:
+        """The share of channels kept, stage widths averaged: what `derive` from a pruned teacher scales by."""
+        return sum(self.stage_widths) / len(self.stage_widths) if self.stage_widths else self.width
 
     @model_validator(mode="after")
     def _scores_need_data(self):
