@@ -47,14 +47,15 @@ def chain_config(seed: int, prune: dict, workdir: Path, uri: str, overrides: lis
 
 
 def generation_metrics(uri: str, experiment: str) -> dict[str, dict]:
-    """The latest chain run's generations: name -> metrics."""
+    """The latest chain run's generations: name -> metrics, and `plan`: the architecture that trained."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     chain = client.search_runs([exp.experiment_id], "tags.`kdchain.kind` = 'chain'", order_by=["start_time DESC"])[0]
     gens = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{chain.info.run_id}'")
-    return {r.data.tags["kdchain.generation_name"]: r.data.metrics for r in gens}
+    return {r.data.tags["kdchain.generation_name"]: {**r.data.metrics, "plan": r.data.tags.get("mlflow.note.content")}
+            for r in gens}
 
 
 def run_seed(seed: int, folder: Path, overrides: list[str]) -> dict[str, dict]:
@@ -68,7 +69,7 @@ def run_seed(seed: int, folder: Path, overrides: list[str]) -> dict[str, dict]:
         metrics = generation_metrics(uri, f"target-sizing-{seed}")
         out[name] = {"C": metrics["C"], "teacher": metrics["teacher"], "wall": wall}
         print(f"seed {seed} {name}: C {metrics['C']['params']:.0f} params, "
-              f"{100 * metrics['C']['test_accuracy']:.2f} %, {wall:.0f} s", flush=True)
+              f"{100 * metrics['C']['test_accuracy']:.2f} %, {wall:.0f} s ({metrics['C']['plan']})", flush=True)
     return out
 
 
@@ -88,13 +89,14 @@ def report(results: dict[int, dict], args, minutes: float) -> str:
         wall = statistics.mean(results[s][name]["wall"] for s in seeds)
         rows.append(f"| {name} | {params} | {mean_std(acc)} | {', '.join(f'{a:.2f}' for a in acc)} | "
                     f"{gap:+.2f} | {wall:.0f} |")
+    plans = [f"- {name}, seed {s}: {results[s][name]['C']['plan']}" for name in VARIANTS for s in seeds]
     cpu = platform.processor() or platform.machine()
     return "\n".join([
         "## target sizing: marks", "",
         f"Measured by `PREFECT_HOME=... python bench/target_sizing.py --seeds {' '.join(map(str, seeds))}"
         f"{''.join(f' --set {o}' for o in args.set)}` on {args.cpu or cpu}, {minutes:.1f} min in all (the teacher, A "
         f"and B trained once per seed, reused by the later runs; the first run's wall time includes them). "
-        f"Teacher test accuracy: {mean_std(teacher)} %.", "", *rows, ""])
+        f"Teacher test accuracy: {mean_std(teacher)} %.", "", *rows, "", "The C that trained:", "", *plans, ""])
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 instead of by width and depth, as Model Optimizer sizes a pruned model by its FLOPs or parameters:
 
 1. plans: for each depth (every removable block kept, 3/4, 1/2, 1/4), and at full depth also per-stage widths
-   narrower late or narrower early (`prune.stage_widths`), the widest plan, made from
-   the trained teacher's weights exactly as training makes it, that meets the target (a bisection on the width's
-   scale; channel counts grow with it). Measured on the pruned model itself: params, FLOPs, latency.
+   narrower late or narrower early (`prune.stage_widths`), the widest plan, made from the trained teacher's
+   weights exactly as training makes it, that meets the target (a bisection on the width's scale; channel counts
+   grow with it). Measured on the pruned model itself: params, FLOPs, latency.
 2. probe: the `candidates` largest plans are each distilled from the teacher for `probe_steps` batches; the one
    with the best validation accuracy is the generation's student (its record followed: no planning again).
 
@@ -104,8 +104,9 @@ def _widest_meeting(plan_at, measure: str, limit: float) -> "Plan | None":
 
 
 def plans_meeting(prune_fn, arch: PrunedArch, input_shape: tuple, deploy: DeploySpec | None = None) -> list[Plan]:
-    """Per depth (and at full depth per width profile: stage_shapes), the widest plan that meets `arch.prune.target`, largest first. `prune_fn(arch)` -> (student, concrete arch): the teacher pruned as
-    `arch` says (kdchain.students.pruned_student, or on noise)."""
+    """Per depth (and at full depth per width profile: stage_shapes), the widest plan that meets
+    `arch.prune.target`, largest first. `prune_fn(arch)` -> (student, concrete arch): the teacher pruned as `arch`
+    says (kdchain.students.pruned_student, or on noise)."""
     from kdchain.models.prune import ignored_layers, stages
 
     target = arch.prune.target

@@ -212,9 +212,10 @@ def layer_widths(model: nn.Module, prune: Prune, x: torch.Tensor, ignored: list[
         return {m: prune.width for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     found = stages(model, x, ignored)
     if len(found) != len(prune.stage_widths):
-        raise SpecError([f"model.prune.stage_widths: {type(model).__name__} has {len(found)} stage"
-                         f"{'s' if len(found) > 1 else ''} (by output size: {', '.join(name for name, _ in found)}); give "
-                         f"{len(found)} width{'s' if len(found) > 1 else ''}, not {len(prune.stage_widths)}"])
+        n, plural = len(found), "s" if len(found) > 1 else ""
+        raise SpecError([f"model.prune.stage_widths: {type(model).__name__} has {n} stage{plural} (by output size: "
+                         f"{', '.join(name for name, _ in found)}); give {n} width{plural}, not "
+                         f"{len(prune.stage_widths)}"])
     return {m: w for (_, layers), w in zip(found, prune.stage_widths) for m in layers}
 
 
