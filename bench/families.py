@@ -2,9 +2,9 @@
 teacher -> A -> B -> C with pruned students (the chain), against two fresh students of C's exact architecture:
 one distilled directly from the teacher (kd 0.7 at T 4 + ce 0.3, as the chain) and one trained on labels alone.
 
-A fresh student of C's architecture is C's plan built on initial weights: the same nested prune settings applied
-to a newly initialised teacher (kdchain.models.pruned: a plan without a record prunes the base's initial
-weights), so its shapes are C's and none of its weights were trained. Every arm trains the same epochs with the
+A fresh student of C's architecture is the teacher's family newly initialised and pruned link by link as C was
+(prune_model following each link's record: the same blocks removed, the same shapes), so its shapes are C's and
+none of its weights were trained. Every arm trains the same epochs with the
 same schedule. Library calls (kdchain.chain.train_generation for the chain, kdchain.distill.fit for the fresh
 arms), no Prefect or MLflow; seeds in turn.
 
@@ -28,10 +28,11 @@ from kdchain.checkpoints import load_checkpoint
 from kdchain.data import load_data
 from kdchain.distill import evaluate, fit
 from kdchain.models import build_model, count_params, describe
+from kdchain.models.prune import prune_model
 from kdchain.resolve import resolve_chain
 from kdchain.spec import spec_from_dict
 from kdchain.spec.kinds import LOSSES
-from kdchain.students import build_loss
+from kdchain.students import build_loss, training_sample
 
 KD = [{"kind": "kd", "weight": 0.7, "temperature": 4}, {"kind": "ce", "weight": 0.3}]
 FAMILIES = {  # teacher model, the three pruned students (C at <= 1/8 of the teacher's parameters), lr
@@ -56,17 +57,24 @@ def chain_config(family: str, seed: int, args, workdir: Path) -> dict:
             "deploy": {"quantize": "none"}}
 
 
-def as_plan(arch):
-    """`arch` with every pruning record dropped: built, it prunes the base's initial weights the same way."""
-    if arch.kind != "pruned":
-        return arch
-    return arch.model_copy(update={"base": as_plan(arch.base), "record": None})
+def fresh_model(c_arch, data, seed: int) -> torch.nn.Module:
+    """C's architecture on initial weights: the root family newly initialised, then each link of C's pruning
+    applied to it as it was to the trained models (`follow`: the same blocks removed, the same shapes)."""
+    links = []
+    while c_arch.kind == "pruned":
+        links.append(c_arch)
+        c_arch = c_arch.base
+    torch.manual_seed(seed)
+    model, arch = build_model(c_arch, data.num_classes, data.input_shape[0]), c_arch
+    for link in reversed(links):
+        model, arch = prune_model(model, arch, link.prune, training_sample(data, seed), link.keep, data.num_classes,
+                                  data.input_shape[0], follow=link.record)
+    return model
 
 
 def fresh_arm(spec, data, c_arch, teacher, distill: list[dict], seed: int) -> tuple[float, int, float]:
     """A fresh model of C's architecture trained as generation C trains, on `distill`: (test accuracy, params, s)."""
-    torch.manual_seed(seed)
-    student = build_model(as_plan(c_arch), data.num_classes, data.input_shape[0])
+    student = fresh_model(c_arch, data, seed)
     gen = resolve_chain(spec)[3]
     gen = replace(gen, distill=[LOSSES[t["kind"]](**{k: v for k, v in t.items() if k != "kind"}) for t in distill])
     loss = build_loss(gen, student, teacher, data.input_shape)
